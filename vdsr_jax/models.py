@@ -1,0 +1,95 @@
+"""The VDSR network (Kim, Lee & Lee, CVPR 2016) as a Flax linen module."""
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# He et al. (2015) initialisation, as in the paper: N(0, 2 / fan_in).
+he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+
+
+class VDSR(nn.Module):
+  """`depth` 3x3 convolutions with ReLU between them, predicting a residual.
+
+  Input and output are luminance images (N, H, W, 1) with values in [0, 1];
+  the input is the bicubic-upscaled low-resolution image. Every convolution
+  zero-pads to keep the size. With `residual=True` the output is
+  `x + net(x)`, otherwise `net(x)` (the paper's non-residual baseline).
+
+  Attributes:
+    depth: number of weight layers (the paper uses 20; it studies 5..20).
+    features: filters of the hidden layers (64 in the paper).
+    residual: add the input to the network's output.
+    dtype: computation dtype (e.g. bfloat16 for mixed precision); parameters
+      stay float32 and the output is float32.
+  """
+  depth: int = 20
+  features: int = 64
+  residual: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array,
+               mask: Optional[jax.Array] = None) -> jax.Array:
+    """Runs the network.
+
+    Args:
+      x: (N, H, W, 1) float images.
+      mask: optional (N, H, W, 1) array, 1 inside the true image and 0 in
+        padding added to reach a shape bucket. Zeroing the activations there
+        after every layer makes each convolution see zeros beyond the true
+        border, exactly as with no padding, so padding changes no output
+        pixel inside the mask.
+
+    Returns:
+      (N, H, W, 1) float32 images.
+    """
+    if self.depth < 2:
+      raise ValueError(f'VDSR depth must be >= 2, got {self.depth}.')
+    if x.ndim != 4 or x.shape[-1] != 1:
+      raise ValueError('VDSR expects luminance batches of shape (N, H, W, 1); '
+                       f'got {x.shape}.')
+    h = x.astype(self.dtype)
+    if mask is not None:
+      mask = mask.astype(self.dtype)
+    for i in range(self.depth):
+      last = i == self.depth - 1
+      h = nn.Conv(
+          features=1 if last else self.features,
+          kernel_size=(3, 3),
+          padding='SAME',
+          kernel_init=he_normal,
+          bias_init=nn.initializers.zeros,
+          dtype=self.dtype,
+          name=f'conv{i}')(h)
+      if not last:
+        h = nn.relu(h)
+        if mask is not None:
+          h = h * mask
+    h = h.astype(jnp.float32)
+    return x.astype(jnp.float32) + h if self.residual else h
+
+
+def init_params(rng: jax.Array, model: VDSR, patch_size: int = 41) -> Any:
+  """Initialises the model's parameters (the 'params' collection)."""
+  dummy = jnp.zeros((1, patch_size, patch_size, 1), jnp.float32)
+  return model.init(rng, dummy)['params']
+
+
+def count_params(params: Any) -> int:
+  """Total number of scalars in a parameter tree."""
+  return int(sum(p.size for p in jax.tree_util.tree_leaves(params)))
+
+
+def model_from_params(params: Any, residual: bool = True, **kwargs) -> VDSR:
+  """Builds the VDSR module whose depth and width match `params`."""
+  names = [k for k in params if k.startswith('conv')]
+  depth = len(names)
+  expected = {f'conv{i}' for i in range(depth)}
+  if depth < 2 or set(names) != expected:
+    raise ValueError('Parameters do not look like VDSR: expected layers '
+                     f"conv0..conv{{depth-1}}, got {sorted(params)}.")
+  features = int(params['conv0']['kernel'].shape[-1])
+  return VDSR(depth=depth, features=features, residual=residual, **kwargs)

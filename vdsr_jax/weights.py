@@ -1,0 +1,194 @@
+"""Loading and saving VDSR parameters.
+
+Formats:
+  * `.mat`: the authors' MatConvNet release (`VDSR_Official.mat`), a struct
+    `model` with cell arrays `weight` (HWIO kernels) and `bias`.
+  * `.npz`: this project's single-file export: one array per
+    `conv{i}/kernel|bias`, plus a `__sha256__` entry covering the arrays so a
+    damaged file is detected on load.
+  * a directory: an orbax checkpoint written by `experiments/train.py` (its
+    `params`), or a workdir holding such checkpoints (the latest is used).
+"""
+
+import hashlib
+import io
+import os
+import pathlib
+import tempfile
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+Params = Dict[str, Dict[str, Any]]
+
+PRETRAINED_PATH = pathlib.Path(__file__).parent / 'pretrained' / 'vdsr_291.npz'
+
+
+class WeightsError(ValueError):
+  """A weights file is missing, unreadable or does not fit VDSR."""
+
+
+def check_params(params: Any, *, expect_depth: Optional[int] = None) -> Params:
+  """Checks that `params` is a VDSR parameter tree; returns the inner dict.
+
+  Accepts either the `params` collection itself or a variables dict
+  {'params': ...}. Raises WeightsError naming what does not fit.
+  """
+  if isinstance(params, dict) and set(params) == {'params'}:
+    params = params['params']
+  if not hasattr(params, 'keys'):
+    raise WeightsError('VDSR params must be a dict {"conv0": {"kernel": ..., '
+                       f'"bias": ...}}, ...}}; got {type(params).__name__}.')
+  depth = len(params)
+  if depth < 2 or set(params) != {f'conv{i}' for i in range(depth)}:
+    raise WeightsError('VDSR params must have layers conv0..conv{depth-1}; '
+                       f'got keys {sorted(params)[:6]}...')
+  if expect_depth is not None and depth != expect_depth:
+    raise WeightsError(f'Expected {expect_depth} layers, got {depth}.')
+  features = None
+  for i in range(depth):
+    layer = params[f'conv{i}']
+    if not hasattr(layer, 'keys') or set(layer) != {'kernel', 'bias'}:
+      raise WeightsError(f'conv{i} must hold exactly "kernel" and "bias".')
+    k, b = np.shape(layer['kernel']), np.shape(layer['bias'])
+    if i == 0:
+      features = k[-1] if len(k) == 4 else None
+    cin = 1 if i == 0 else features
+    cout = 1 if i == depth - 1 else features
+    if k != (3, 3, cin, cout) or b != (cout,):
+      raise WeightsError(
+          f'conv{i}: expected kernel (3, 3, {cin}, {cout}) and bias '
+          f'({cout},), got kernel {k} and bias {b}.')
+  return params
+
+
+def load_matconvnet(path) -> Params:
+  """Reads the authors' MatConvNet `.mat` (e.g. VDSR_Official.mat)."""
+  from scipy import io as sio  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(path)
+  try:
+    mat = sio.loadmat(str(path))
+  except FileNotFoundError:
+    raise WeightsError(f'No such weights file: {path}') from None
+  except Exception as e:  # scipy raises several types for bad files.
+    raise WeightsError(f'{path} is not a readable MATLAB v5/v7 .mat file '
+                       f'({e}).') from None
+  if 'model' not in mat:
+    raise WeightsError(f'{path}: expected a variable "model" (a struct with '
+                       f'fields weight and bias); found {sorted(k for k in mat if not k.startswith("__"))}.')
+  model = mat['model']
+  names = model.dtype.names or ()
+  if 'weight' not in names or 'bias' not in names:
+    raise WeightsError(f'{path}: "model" must have fields weight and bias; '
+                       f'it has {names}.')
+  weights = model[0, 0]['weight'].ravel()
+  biases = model[0, 0]['bias'].ravel()
+  if len(weights) != len(biases):
+    raise WeightsError(f'{path}: {len(weights)} weights but {len(biases)} '
+                       'biases.')
+  params = {}
+  for i, (w, b) in enumerate(zip(weights, biases)):
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    if w.ndim == 3:  # MATLAB drops the trailing singleton of the last layer.
+      w = w[..., None]
+    params[f'conv{i}'] = {'kernel': w,
+                          'bias': np.ascontiguousarray(b, np.float32).ravel()}
+  try:
+    return check_params(params)
+  except WeightsError as e:
+    raise WeightsError(f'{path}: {e}') from None
+
+
+def _digest(arrays: Dict[str, np.ndarray]) -> str:
+  h = hashlib.sha256()
+  for name in sorted(arrays):
+    a = np.ascontiguousarray(arrays[name])
+    h.update(name.encode())
+    h.update(str(a.dtype).encode() + str(a.shape).encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def save_npz(params: Any, path) -> None:
+  """Writes params as a checksummed `.npz`, atomically (temp file + rename)."""
+  params = check_params(params)
+  arrays = {f'{layer}/{name}': np.asarray(v, np.float32)
+            for layer, d in params.items() for name, v in d.items()}
+  arrays['__sha256__'] = np.array(_digest(arrays))
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def load_npz(path) -> Params:
+  """Reads a `.npz` written by `save_npz`, verifying its checksum."""
+  path = pathlib.Path(path)
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      arrays = {k: data[k] for k in data.files}
+  except FileNotFoundError:
+    raise WeightsError(f'No such weights file: {path}') from None
+  except Exception as e:
+    raise WeightsError(f'{path} is not a readable .npz file ({e}).') from None
+  digest = arrays.pop('__sha256__', None)
+  if digest is None:
+    raise WeightsError(f'{path}: no __sha256__ entry; not a vdsr_jax export.')
+  if str(digest) != _digest(arrays):
+    raise WeightsError(f'{path}: checksum mismatch; the file is damaged.')
+  params: Params = {}
+  for key, value in arrays.items():
+    layer, _, name = key.partition('/')
+    params.setdefault(layer, {})[name] = value
+  try:
+    return check_params(params)
+  except WeightsError as e:
+    raise WeightsError(f'{path}: {e}') from None
+
+
+def load_orbax(path) -> Params:
+  """Reads `params` from an orbax checkpoint or a training workdir."""
+  from vdsr_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  try:
+    params = checkpointing.restore_params(path)
+  except WeightsError:
+    raise
+  except Exception as e:
+    raise WeightsError(f'{path}: could not read an orbax checkpoint '
+                       f'({type(e).__name__}: {e}).') from None
+  return check_params({k: {n: np.asarray(v) for n, v in d.items()}
+                       for k, d in params.items()})
+
+
+def load_params(path) -> Params:
+  """Loads VDSR params from a `.mat`, `.npz` or orbax checkpoint path."""
+  path = pathlib.Path(path).expanduser()
+  if not path.exists():
+    raise WeightsError(f'No such weights file or directory: {path}')
+  if path.is_dir():
+    return load_orbax(path)
+  suffix = path.suffix.lower()
+  if suffix == '.mat':
+    return load_matconvnet(path)
+  if suffix == '.npz':
+    return load_npz(path)
+  raise WeightsError(f'{path}: unknown weights format {suffix!r}; expected '
+                     'a .mat (authors\' MatConvNet), a .npz (vdsr_jax export) '
+                     'or an orbax checkpoint directory.')
+
+
+def load_pretrained() -> Params:
+  """Returns the VDSR weights shipped inside the package."""
+  if not PRETRAINED_PATH.exists():
+    raise WeightsError(
+        'No pretrained vdsr_jax weights are shipped in this version yet '
+        f'(expected {PRETRAINED_PATH}). Pass weights explicitly, e.g. the '
+        "authors' VDSR_Official.mat via load_params(path).")
+  return load_npz(PRETRAINED_PATH)
