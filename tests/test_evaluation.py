@@ -1,0 +1,139 @@
+"""The paper's evaluation protocol reproduces Table 3 (bicubic and authors')."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vdsr_jax import datasets
+from vdsr_jax import evaluation
+from vdsr_jax import image_ops
+from vdsr_jax import inference
+from vdsr_jax import weights
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def tfds_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds_eval'))
+
+
+@pytest.fixture(scope='module')
+def paper(reference_dir):
+  return evaluation.load_paper_table(reference_dir / 'paper_table3.csv')
+
+
+@pytest.fixture(scope='module')
+def official(reference_dir):
+  return weights.load_params(reference_dir / 'VDSR_Official.mat')
+
+
+@pytest.mark.parametrize('name', ['set5', 'set14'])
+def test_bicubic_rows_match_paper(name, datasets_dir, tfds_dir, paper):
+  results = evaluation.evaluate('bicubic', datasets=[name],
+                                data_dir=str(datasets_dir), tfds_dir=tfds_dir,
+                                progress=False)
+  for scale in (2, 3, 4):
+    got = results[name][str(scale)]
+    ref = paper[(name, scale)]
+    assert abs(got['psnr'] - ref['bicubic_psnr']) <= 0.015, (scale, got)
+    assert abs(got['ssim'] - ref['bicubic_ssim']) <= 0.002, (scale, got)
+
+
+def test_authors_weights_match_paper_on_set5(datasets_dir, tfds_dir, paper,
+                                             official):
+  results = evaluation.evaluate('vdsr', official, datasets=['set5'],
+                                data_dir=str(datasets_dir), tfds_dir=tfds_dir,
+                                progress=False)
+  for scale in (2, 3, 4):
+    got = results['set5'][str(scale)]
+    ref = paper[('set5', scale)]
+    assert abs(got['psnr'] - ref['vdsr_psnr']) <= 0.05, (scale, got)
+    assert abs(got['ssim'] - ref['vdsr_ssim']) <= 0.002, (scale, got)
+
+
+def test_bucket_padding_changes_no_output_pixel(datasets_dir, tfds_dir,
+                                                official):
+  examples = datasets.load('set5', data_dir=str(datasets_dir),
+                           tfds_dir=tfds_dir)
+  by_name = {examples[i]['name']: examples[i]['image']
+             for i in range(len(examples))}
+  for name, scale in [('woman', 3), ('head', 4)]:
+    hr_y = evaluation.luminance_uint8(image_ops.modcrop(by_name[name], scale))
+    plain = evaluation.super_resolve_y(hr_y, scale, 'vdsr', official,
+                                       bucket=None)
+    bucketed = evaluation.super_resolve_y(hr_y, scale, 'vdsr', official,
+                                          bucket=64)
+    assert hr_y.shape[0] % 64 and hr_y.shape[1] % 64  # really padded
+    np.testing.assert_array_equal(plain, bucketed)
+
+
+def test_one_compilation_per_bucket():
+  import jax  # pylint: disable=g-import-not-at-top
+  from vdsr_jax import models  # pylint: disable=g-import-not-at-top
+  params = models.init_params(jax.random.PRNGKey(0),
+                              models.VDSR(depth=3, features=4), 9)
+  forward = inference._compiled_forward(3, 4, True)  # pylint: disable=protected-access
+  before = forward._cache_size()  # pylint: disable=protected-access
+  rng = np.random.default_rng(0)
+  # Five sizes, all inside the same 32x32 bucket.
+  images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            for h, w in [(24, 30), (30, 24), (32, 32), (27, 29), (26, 32)]]
+  evaluation.evaluate('vdsr', params, datasets=['custom'], scales=(2,),
+                      images={'custom': images}, progress=False)
+  assert forward._cache_size() - before == 1  # pylint: disable=protected-access
+
+
+def test_gray_image_is_its_own_luminance():
+  img = np.arange(36, dtype=np.uint8).reshape(6, 6)
+  np.testing.assert_array_equal(evaluation.luminance_uint8(img), img)
+  np.testing.assert_array_equal(evaluation.luminance_uint8(img[..., None]),
+                                img)
+
+
+def test_evaluate_argument_errors():
+  with pytest.raises(ValueError, match='Unknown method'):
+    evaluation.evaluate('lanczos')
+  with pytest.raises(ValueError, match='needs params'):
+    evaluation.evaluate('vdsr', None)
+  with pytest.raises(ValueError, match='integers >= 2'):
+    evaluation.evaluate('bicubic', scales=(1.5,), images={'x': []},
+                        datasets=['x'])
+
+
+def test_missing_dataset_folder_is_a_clear_error(tmp_path):
+  with pytest.raises(datasets.DatasetError, match=str(tmp_path)):
+    evaluation.evaluate('bicubic', datasets=['set5'], data_dir=str(tmp_path),
+                        tfds_dir=str(tmp_path / 'tfds'), progress=False)
+
+
+def _run_cli(*args):
+  return subprocess.run(
+      [sys.executable, str(REPO_ROOT / 'experiments' / 'evaluate.py'), *args],
+      capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_cli_writes_table_and_json(datasets_dir, tfds_dir, tmp_path, paper):
+  out = tmp_path / 'results.json'
+  proc = _run_cli('--method=bicubic', '--datasets=set5', '--scales=2,4',
+                  f'--data_dir={datasets_dir}', f'--tfds_dir={tfds_dir}',
+                  f'--json_out={out}')
+  assert proc.returncode == 0, proc.stderr
+  results = json.loads(out.read_text())
+  assert set(results) == {'set5'} and set(results['set5']) == {'2', '4'}
+  assert set(results['set5']['2']) == {'psnr', 'ssim'}
+  assert abs(results['set5']['4']['psnr'] - paper[('set5', 4)]['bicubic_psnr']
+             ) <= 0.015
+  assert 'set5' in proc.stdout and 'x4' in proc.stdout and 'dPSNR' in proc.stdout
+
+
+def test_cli_bad_weights_one_line_error(tmp_path):
+  proc = _run_cli('--method=vdsr', f'--weights={tmp_path}/nope.mat',
+                  '--datasets=set5', '--scales=2')
+  assert proc.returncode != 0
+  assert 'No such weights file' in proc.stderr
+  assert 'Traceback' not in proc.stderr

@@ -1,0 +1,85 @@
+"""Tests of the VDSR module."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vdsr_jax import inference
+from vdsr_jax import models
+
+
+def test_paper_model_has_665921_parameters():
+  params = models.init_params(jax.random.PRNGKey(0), models.VDSR(), 9)
+  assert models.count_params(params) == 665_921
+  assert len(params) == 20
+  assert params['conv0']['kernel'].shape == (3, 3, 1, 64)
+  assert params['conv19']['kernel'].shape == (3, 3, 64, 1)
+  assert all(np.all(p['bias'] == 0) for p in params.values())
+
+
+def test_he_normal_init_std():
+  params = models.init_params(jax.random.PRNGKey(1), models.VDSR(), 9)
+  k = np.asarray(params['conv5']['kernel'])
+  np.testing.assert_allclose(k.std(), np.sqrt(2 / (9 * 64)), rtol=0.05)
+
+
+@pytest.mark.parametrize('depth,features', [(5, 8), (3, 4)])
+def test_depth_and_features_are_options(depth, features):
+  model = models.VDSR(depth=depth, features=features)
+  params = models.init_params(jax.random.PRNGKey(0), model, 9)
+  assert len(params) == depth
+  x = jnp.ones((2, 13, 11, 1))
+  assert model.apply({'params': params}, x).shape == (2, 13, 11, 1)
+  rebuilt = models.model_from_params(params)
+  assert (rebuilt.depth, rebuilt.features) == (depth, features)
+
+
+def test_residual_flag():
+  rng = jax.random.PRNGKey(0)
+  x = jax.random.uniform(rng, (1, 12, 12, 1))
+  res = models.VDSR(depth=3, features=4, residual=True)
+  plain = models.VDSR(depth=3, features=4, residual=False)
+  params = models.init_params(rng, res, 12)
+  out_res = res.apply({'params': params}, x)
+  out_plain = plain.apply({'params': params}, x)
+  np.testing.assert_allclose(out_res, out_plain + x, atol=1e-6)
+  # A zero last layer makes the residual model the identity.
+  params['conv2'] = jax.tree_util.tree_map(jnp.zeros_like, params['conv2'])
+  np.testing.assert_allclose(res.apply({'params': params}, x), x, atol=0)
+
+
+def test_zero_padding_keeps_size_and_is_zero():
+  # One layer with an all-ones kernel sums the 3x3 neighbourhood, so the
+  # corner sees 4 pixels of a constant image (zero padding), the middle 9.
+  model = models.VDSR(depth=2, features=1, residual=False)
+  params = models.init_params(jax.random.PRNGKey(0), model, 5)
+  params = jax.tree_util.tree_map(jnp.ones_like, params)
+  params['conv0']['bias'] = jnp.zeros_like(params['conv0']['bias'])
+  params['conv1']['bias'] = jnp.zeros_like(params['conv1']['bias'])
+  params['conv1']['kernel'] = jnp.zeros((3, 3, 1, 1)).at[1, 1].set(1.0)
+  out = model.apply({'params': params}, jnp.ones((1, 5, 5, 1)))
+  assert out[0, 0, 0, 0] == 4 and out[0, 2, 2, 0] == 9 and out[0, 0, 2, 0] == 6
+
+
+def test_masked_padding_changes_no_output_pixel():
+  model = models.VDSR(depth=4, features=8)
+  params = models.init_params(jax.random.PRNGKey(3), model, 9)
+  # Non-zero biases, so unmasked padding would leak into the border.
+  params = jax.tree_util.tree_map(lambda p: p + 0.1, params)
+  x = jax.random.uniform(jax.random.PRNGKey(4), (1, 19, 23, 1))
+  ref = inference.network_forward(params, x, bucket=None)
+  padded = inference.network_forward(params, x, bucket=16)
+  assert padded.shape == ref.shape
+  np.testing.assert_allclose(padded, ref, atol=1e-6)
+  # Without the mask the border would differ: the mask is what matters.
+  xp = jnp.pad(x, ((0, 0), (0, 13), (0, 9), (0, 0)))
+  leaky = model.apply({'params': params}, xp)[:, :19, :23]
+  assert np.abs(np.asarray(leaky - ref)).max() > 1e-3
+
+
+def test_wrong_input_shape():
+  model = models.VDSR(depth=3, features=4)
+  params = models.init_params(jax.random.PRNGKey(0), model, 9)
+  with pytest.raises(ValueError, match='N, H, W, 1'):
+    model.apply({'params': params}, jnp.ones((1, 9, 9, 3)))

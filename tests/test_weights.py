@@ -1,0 +1,73 @@
+"""Tests of loading and saving weights, including the authors' .mat."""
+
+import jax
+import numpy as np
+import pytest
+from scipy import io as sio
+
+from vdsr_jax import models
+from vdsr_jax import weights
+
+
+def test_official_mat_loads_with_expected_shapes(reference_dir):
+  params = weights.load_params(reference_dir / 'VDSR_Official.mat')
+  assert models.count_params(params) == 665_921
+  assert params['conv0']['kernel'].shape == (3, 3, 1, 64)
+  assert params['conv19']['kernel'].shape == (3, 3, 64, 1)
+  assert params['conv19']['bias'].shape == (1,)
+  assert params['conv5']['kernel'].dtype == np.float32
+
+
+def test_wrong_mat_files_give_clear_errors(tmp_path):
+  other = tmp_path / 'other.mat'
+  sio.savemat(other, {'net': np.zeros(3)})
+  with pytest.raises(weights.WeightsError, match='variable "model"'):
+    weights.load_params(other)
+  bad_shape = tmp_path / 'bad_shape.mat'
+  w = np.empty((1, 3), dtype=object)
+  b = np.empty((1, 3), dtype=object)
+  for i, (cin, cout) in enumerate([(1, 8), (8, 8), (8, 2)]):
+    w[0, i] = np.zeros((3, 3, cin, cout), np.float32)
+    b[0, i] = np.zeros((cout, 1), np.float32)
+  sio.savemat(bad_shape, {'model': {'weight': w, 'bias': b}})
+  with pytest.raises(weights.WeightsError, match='conv2: expected kernel'):
+    weights.load_params(bad_shape)
+  garbage = tmp_path / 'garbage.mat'
+  garbage.write_bytes(b'not a mat file at all' * 10)
+  with pytest.raises(weights.WeightsError, match='not a readable'):
+    weights.load_params(garbage)
+  with pytest.raises(weights.WeightsError, match='No such'):
+    weights.load_params(tmp_path / 'missing.mat')
+  unknown = tmp_path / 'w.h5'
+  unknown.write_bytes(b'x')
+  with pytest.raises(weights.WeightsError, match='unknown weights format'):
+    weights.load_params(unknown)
+
+
+def test_npz_round_trip_and_checksum(tmp_path):
+  params = models.init_params(jax.random.PRNGKey(0),
+                              models.VDSR(depth=3, features=4), 9)
+  path = tmp_path / 'w.npz'
+  weights.save_npz(params, path)
+  loaded = weights.load_params(path)
+  for layer in params:
+    for name in ('kernel', 'bias'):
+      np.testing.assert_array_equal(loaded[layer][name], params[layer][name])
+  # Tamper with one value: the checksum catches it.
+  with np.load(path) as data:
+    arrays = {k: data[k] for k in data.files}
+  arrays['conv1/kernel'] = arrays['conv1/kernel'] + 1
+  np.savez(path, **arrays)
+  with pytest.raises(weights.WeightsError, match='checksum'):
+    weights.load_params(path)
+  assert not list(tmp_path.glob('*.tmp'))
+
+
+def test_check_params_rejects_wrong_structure():
+  with pytest.raises(weights.WeightsError):
+    weights.check_params({'dense': {}})
+  with pytest.raises(weights.WeightsError):
+    weights.check_params([1, 2])
+  params = models.init_params(jax.random.PRNGKey(0),
+                              models.VDSR(depth=3, features=4), 9)
+  assert weights.check_params({'params': params}) is params
