@@ -9,9 +9,11 @@ For each HR image and scale s:
 """
 
 import csv
-import pathlib
+import functools
 from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 
@@ -40,10 +42,18 @@ def luminance_uint8(img: np.ndarray) -> np.ndarray:
   raise ValueError(f'Expected (H, W), (H, W, 1) or (H, W, 3), got {img.shape}.')
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _degrade(hr_y: jax.Array, scale: int) -> Tuple[jax.Array, jax.Array]:
+  lr = image_ops.imresize(hr_y.astype(jnp.float32) / 255.0, 1.0 / scale)
+  return lr, image_ops.imresize(lr, scale)
+
+
 def degrade(hr_y: np.ndarray, scale: int) -> Tuple[np.ndarray, np.ndarray]:
-  """LR and bicubic-upscaled images (float32 in [0, 1]) from a uint8 HR Y."""
-  lr = image_ops.imresize(np.asarray(hr_y, np.float32) / 255.0, 1.0 / scale)
-  upscaled = image_ops.imresize(lr, scale)
+  """LR and bicubic-upscaled images (float32 in [0, 1]) from a uint8 HR Y.
+
+  Jitted as a whole, so each image size compiles one small program.
+  """
+  lr, upscaled = _degrade(jnp.asarray(hr_y), int(scale))
   return np.asarray(lr), np.asarray(upscaled)
 
 
