@@ -78,7 +78,7 @@ def test_prepare_images(images):
   np.testing.assert_array_equal(planes[6], planes[0])  # The mapping form.
   for plane in planes:
     assert plane.dtype == np.float32 and plane.ndim == 2
-  small = np.asarray(image_ops.imresize(y_rgb, 0.8))
+  small = np.asarray(image_ops.imresize(y_u8 / np.float32(255), 0.8))
   assert planes[1].shape == small.shape == (21, 25)
   np.testing.assert_allclose(planes[1], small, atol=1e-6)
 
