@@ -19,6 +19,7 @@ from vdsr_jax.image_ops import ycbcr2rgb
 from vdsr_jax.metrics import psnr
 from vdsr_jax.metrics import ssim
 from vdsr_jax.models import VDSR
+from vdsr_jax.upscaling import upscale
 from vdsr_jax.weights import load_params
 from vdsr_jax.weights import load_pretrained
 

@@ -121,6 +121,9 @@ def save_npz(params: Any, path) -> None:
   try:
     with os.fdopen(fd, 'wb') as f:
       np.savez(f, **arrays)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; use the usual mode.
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
