@@ -10,7 +10,7 @@ from vdsr_jax import optimizers
 
 
 def _run(tx, params, grads_per_step):
-  """Applies `tx` for each gradient in turn; returns the updates of each step."""
+  """Applies `tx` to each gradient in turn; returns updates and params."""
   state = tx.init(params)
   out = []
   for grads in grads_per_step:

@@ -150,7 +150,7 @@ def luminance(img: Any) -> np.ndarray:
   # Padded to a multiple of _PIXEL_CHUNK pixels so few shapes compile.
   pixels = np.zeros((-(-h * w // _PIXEL_CHUNK) * _PIXEL_CHUNK, 1, 3), np.uint8)
   pixels[:h * w, 0] = img.reshape(h * w, 3)
-  with jax.default_device(jax.devices('cpu')[0]):
+  with jax.default_device(jax.local_devices(backend='cpu')[0]):
     y = np.asarray(image_ops.rgb2ycbcr(pixels, only_y=True))
   return y[:h * w, 0, 0].reshape(h, w).astype(np.float32) / np.float32(255.0)
 
@@ -321,7 +321,7 @@ def degrade_regions(regions: jax.Array, operators: jax.Array,
 @functools.lru_cache(maxsize=None)
 def _device_operators(patch_size: int, scale: int) -> jax.Array:
   return jax.device_put(patch_operators(patch_size, scale),
-                        jax.devices('cpu')[0])
+                        jax.local_devices(backend='cpu')[0])
 
 
 def patches_from_specs(prepared: Sequence[np.ndarray],
@@ -339,7 +339,7 @@ def patches_from_specs(prepared: Sequence[np.ndarray],
   inputs = np.empty((n, p, p, 1), np.float32)
   targets = np.empty((n, p, p, 1), np.float32)
   scale_of = np.array([spec.scale for spec in specs], np.int32)
-  cpu = jax.devices('cpu')[0]
+  cpu = jax.local_devices(backend='cpu')[0]
   for s in sorted(set(scale_of.tolist())):
     rows = np.flatnonzero(scale_of == s)
     size = region_size(p, s)

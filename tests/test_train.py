@@ -1,0 +1,337 @@
+"""Tests for vdsr_jax.train and experiments/train.py (tiny models, CPU)."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from vdsr_jax import checkpointing
+from vdsr_jax import input_pipeline
+from vdsr_jax import reporting
+from vdsr_jax import train
+from vdsr_jax import weights
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TESTS = pathlib.Path(__file__).resolve().parent
+_PatchPipeline = input_pipeline.PatchPipeline  # before any monkeypatching
+
+
+def synthetic_images(n=4, height=48, width=56, seed=0):
+  """Smooth uint8 RGB images (sums of random sinusoids)."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+  images = []
+  for _ in range(n):
+    img = np.zeros((height, width, 3))
+    for c in range(3):
+      for _ in range(3):
+        fy, fx = rng.uniform(0.05, 0.6, 2)
+        img[..., c] += rng.uniform(20, 50) * np.sin(fy * yy + fx * xx +
+                                                    rng.uniform(0, 6))
+    images.append(np.clip(128 + img, 0, 255).astype(np.uint8))
+  return images
+
+
+def tiny_config(**overrides) -> train.TrainConfig:
+  values = dict(depth=3, features=8, patch_size=17, batch_size=8,
+                total_steps=6, log_every=1, checkpoint_every=0,
+                eval_scales=(), progress=False, prefetch=1)
+  values.update(overrides)
+  return train.TrainConfig(**values)
+
+
+def run_tiny(workdir, **overrides):
+  """Trains the tiny config on the synthetic images; returns the summary."""
+  return train.train_and_evaluate(tiny_config(**overrides), workdir,
+                                  train_images=synthetic_images())
+
+
+def _train_records(workdir):
+  return [r for r in reporting.read_metrics(workdir) if r['kind'] == 'train']
+
+
+def _assert_same_params(a, b):
+  for layer in a:
+    for name in a[layer]:
+      np.testing.assert_array_equal(a[layer][name], b[layer][name],
+                                    err_msg=f'{layer}/{name}')
+
+
+def test_smoke_run_writes_everything(tmp_path):
+  eval_images = {'set5': synthetic_images(n=1, height=24, width=24, seed=5)}
+  out = train.train_and_evaluate(
+      tiny_config(total_steps=8, checkpoint_every=4, eval_every=4,
+                  eval_scales=(2, 3, 4)),
+      tmp_path, train_images=synthetic_images(), eval_images=eval_images)
+  assert out['step'] == 8
+
+  records = reporting.read_metrics(tmp_path)
+  trains = [r for r in records if r['kind'] == 'train']
+  evals = [r for r in records if r['kind'] == 'eval']
+  assert [r['step'] for r in trains] == list(range(1, 9))
+  for r in trains:
+    assert {'step', 'loss', 'lr', 'grad_norm', 'steps_per_sec'} <= set(r)
+    assert np.isfinite(r['loss']) and r['steps_per_sec'] > 0
+  assert trains[0]['lr'] == pytest.approx(0.1)
+  assert trains[-1]['lr'] == pytest.approx(1e-4)  # boundaries 2, 4, 6
+  assert [r['step'] for r in evals] == [4, 8]
+  assert set(evals[-1]['results']['set5']) == {'2', '3', '4'}
+  assert set(evals[-1]['psnr']) == {'set5/x2', 'set5/x3', 'set5/x4'}
+  assert out['eval'] == evals[-1]['results']
+
+  assert (tmp_path / 'curves.png').stat().st_size > 0
+  assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
+  flags = train.parse_flags_file((tmp_path / 'flags.txt').read_text())
+  assert flags['depth'] == '3' and flags['scales'] == '2,3,4'
+  assert flags['augment'] == 'True'
+  assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir()
+                if p.name.isdigit()) == [4, 8]
+  # The export and the checkpoint hold the returned params.
+  _assert_same_params(weights.load_npz(tmp_path / 'params.npz'),
+                      out['params'])
+  _assert_same_params(weights.load_params(tmp_path), out['params'])
+  _assert_same_params(
+      checkpointing.restore_params(tmp_path / 'checkpoints' / '8'),
+      out['params'])
+
+
+def test_loss_goes_down(tmp_path):
+  run_tiny(tmp_path, total_steps=20, decay_boundaries=(1000,))  # lr 0.1
+  losses = [r['loss'] for r in _train_records(tmp_path)]
+  assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:5])
+
+
+class _InterruptAt:
+  """PatchPipeline that sends this process SIGINT when batch `at` is read."""
+
+  at = 3
+
+  def __init__(self, *args, **kwargs):
+    self._inner = _PatchPipeline(*args, **kwargs)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self._inner.next_step == self.at:
+      os.kill(os.getpid(), signal.SIGINT)
+    return next(self._inner)
+
+  def __getattr__(self, name):
+    return getattr(self._inner, name)
+
+
+def test_interrupt_then_resume_is_bit_identical(tmp_path, monkeypatch):
+  straight = run_tiny(tmp_path / 'straight')
+
+  workdir = tmp_path / 'split'
+  with monkeypatch.context() as m:
+    m.setattr(train.input_pipeline, 'PatchPipeline', _InterruptAt)
+    with pytest.raises(train.TrainingInterrupted, match='checkpoint saved'):
+      run_tiny(workdir)
+  # Ctrl-C during step 4 (batch 3): that step finishes, then it is saved.
+  assert checkpointing.find_step_dir(workdir).name == '4'
+  assert [r['step'] for r in _train_records(workdir)] == [1, 2, 3, 4]
+
+  resumed = run_tiny(workdir)
+  assert resumed['step'] == 6
+  _assert_same_params(straight['params'], resumed['params'])
+  assert ([r['loss'] for r in _train_records(workdir)] ==
+          [r['loss'] for r in _train_records(tmp_path / 'straight')])
+
+
+class _NaNAt:
+  """PatchPipeline whose batch `at` has NaN inputs."""
+
+  at = 4
+
+  def __init__(self, *args, **kwargs):
+    self._inner = _PatchPipeline(*args, **kwargs)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    step = self._inner.next_step
+    batch = next(self._inner)
+    if step == self.at:
+      batch = dict(batch, inputs=np.full_like(batch['inputs'], np.nan))
+    return batch
+
+  def __getattr__(self, name):
+    return getattr(self._inner, name)
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+  monkeypatch.setattr(train.input_pipeline, 'PatchPipeline', _NaNAt)
+  with pytest.raises(train.TrainingError) as info:
+    run_tiny(tmp_path, checkpoint_every=2, log_every=3)
+  message = str(info.value)
+  assert 'diverged at step 5' in message
+  assert 'last good checkpoint (step 4)' in message
+  assert checkpointing.find_step_dir(tmp_path).name == '4'
+  params = checkpointing.restore_params(tmp_path)
+  assert all(np.isfinite(v).all() for v in jax.tree.leaves(params))
+  assert not (tmp_path / 'params.npz').exists()
+
+
+def test_restore_params_without_checkpoint(tmp_path):
+  with pytest.raises(weights.WeightsError, match='no orbax training'):
+    checkpointing.restore_params(tmp_path)
+  with pytest.raises(weights.WeightsError, match='No such'):
+    weights.load_params(tmp_path / 'missing')
+
+
+def test_architecture_mismatch_on_resume(tmp_path):
+  run_tiny(tmp_path, total_steps=2)
+  with pytest.raises(train.ConfigError, match='another architecture'):
+    run_tiny(tmp_path, total_steps=4, features=4)
+
+
+@pytest.mark.parametrize('overrides,match', [
+    (dict(total_steps=0), '--total_steps'),
+    (dict(scales=(0, 2)), '--scales'),
+    (dict(batch_size=2), '--batch_size'),
+    (dict(clip_mode='bogus'), '--clip_mode'),
+    (dict(learning_rate=-1.0), '--learning_rate'),
+    (dict(eval_scales=(1,)), '--eval_scales'),
+])
+def test_config_rejects_impossible_values(overrides, match):
+  with pytest.raises(train.ConfigError, match=match):
+    tiny_config(**overrides)
+
+
+def test_empty_training_set(tmp_path):
+  with pytest.raises(train.ConfigError, match='empty'):
+    train.train_and_evaluate(tiny_config(), tmp_path, train_images=[])
+
+
+def _cli(args, env=None, timeout=120):
+  env = dict(os.environ, **(env or {}))
+  env.pop('PYTHONPATH', None)  # experiments/train.py must find vdsr_jax
+  return subprocess.run(
+      [sys.executable, str(REPO / 'experiments' / 'train.py'), *args],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize('args,expected', [
+    (['--bogus=1'], 'bogus'),
+    (['--scales=0,2'], '--scales'),
+    (['--scales=two'], '--scales'),
+    (['--total_steps=0'], '--total_steps'),
+    (['--clip_mode=maybe'], 'clip_mode'),
+    ([], 'workdir'),
+])
+def test_cli_bad_flags_one_line(tmp_path, args, expected):
+  if expected != 'workdir':
+    args = [f'--workdir={tmp_path}', *args]
+  result = _cli(args)
+  assert result.returncode != 0
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr
+  assert 'Traceback' not in result.stderr
+  assert expected in lines[0]
+
+
+def test_flagfiles_parse_to_the_expected_configs():
+  code = textwrap.dedent('''
+      import sys
+      sys.path.insert(0, 'experiments')
+      import train as cli  # experiments/train.py
+      from vdsr_jax import train
+      cli.FLAGS(['x', '--flagfile=experiments/configs/vdsr_paper.flags',
+                 '--workdir=w'])
+      assert cli.config_from_flags() == train.TrainConfig()
+      cli.FLAGS.unparse_flags()
+      cli.FLAGS(['x', '--flagfile=experiments/configs/smoke.flags',
+                 '--workdir=w'])
+      smoke = cli.config_from_flags()
+      assert (smoke.depth, smoke.features, smoke.patch_size, smoke.batch_size,
+              smoke.total_steps) == (4, 16, 21, 8, 40), smoke
+      assert smoke.learning_rate == 0.1 and smoke.eval_scales == (2, 3, 4)
+      print('OK')
+  ''')
+  env = dict(os.environ)
+  env.pop('PYTHONPATH', None)
+  result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0 and 'OK' in result.stdout, result.stderr
+
+
+def test_cli_missing_data_and_device_mismatch(tmp_path):
+  empty = tmp_path / 'no_data'
+  empty.mkdir()
+  result = _cli([f'--workdir={tmp_path / "w"}', f'--data_dir={empty}',
+                 f'--tfds_dir={tmp_path / "tfds"}', '--max_train_images=1'])
+  _assert_one_error(result, 'train291')
+
+  result = _cli([f'--workdir={tmp_path / "w2"}', '--batch_size=6'],
+                env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+  _assert_one_error(result, 'divisible by the number of devices (4)')
+
+
+def _assert_one_error(result, expected):
+  """Exit status 1, no traceback, one error line (last), naming `expected`.
+
+  Errors found once training has started may follow INFO log lines.
+  """
+  assert result.returncode == 1, result.stderr
+  assert 'Traceback' not in result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert [l for l in lines if 'error' in l.lower()] == lines[-1:], lines
+  assert lines[-1].startswith('train.py: error: ')
+  assert expected in lines[-1]
+
+
+_SUBPROCESS_RUN = textwrap.dedent('''
+    import json, sys
+    sys.path[:0] = [{repo!r}, {tests!r}]
+    import test_train
+    out = test_train.run_tiny({workdir!r}, **json.loads({overrides!r}))
+    print('STEP', out['step'])
+''')
+
+
+def run_tiny_in_subprocess(workdir, log, env=None, **overrides):
+  """Starts run_tiny in a fresh Python (e.g. with other XLA_FLAGS).
+
+  stdout and stderr go to the file `log`.
+  """
+  code = _SUBPROCESS_RUN.format(repo=str(REPO), tests=str(TESTS),
+                                workdir=str(workdir),
+                                overrides=json.dumps(overrides))
+  env = dict(os.environ, **(env or {}))
+  with open(log, 'w') as f:
+    return subprocess.Popen([sys.executable, '-c', code], env=env, cwd=REPO,
+                            stdout=f, stderr=subprocess.STDOUT)
+
+
+def test_four_devices_match_one(tmp_path):
+  log = tmp_path / 'four.log'
+  proc = run_tiny_in_subprocess(
+      tmp_path / 'four', log,
+      env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+  try:
+    one = run_tiny(tmp_path / 'one')
+    proc.wait(timeout=300)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  assert proc.returncode == 0, log.read_text()[-3000:]
+  losses_one = [r['loss'] for r in _train_records(tmp_path / 'one')]
+  losses_four = [r['loss'] for r in _train_records(tmp_path / 'four')]
+  assert len(losses_one) == len(losses_four) == 6
+  np.testing.assert_allclose(losses_four, losses_one, rtol=1e-5)
+  four = weights.load_npz(tmp_path / 'four' / 'params.npz')
+  for layer in one['params']:
+    np.testing.assert_allclose(four[layer]['kernel'],
+                               one['params'][layer]['kernel'],
+                               rtol=1e-4, atol=1e-6)

@@ -1,0 +1,208 @@
+"""What a user watches during and after training.
+
+* `workdir/metrics.jsonl`: one JSON object per line. Training records:
+  {"kind": "train", "step", "loss", "grad_norm", "lr", "steps_per_sec",
+  "time"} where loss and grad_norm are means over the steps since the
+  previous record, lr is the rate of the last of them and `step` counts
+  finished updates. Evaluation records: {"kind": "eval", "step", "time",
+  "results": {"set5": {"2": {"psnr", "ssim"}, ...}}, "psnr": {"set5/x2": ...}}.
+* `workdir/tensorboard/`: the same scalars as TensorBoard events (written
+  with tensorboardX; TensorFlow is not needed).
+* `workdir/curves.png`: loss and PSNR against step (`plot_curves`).
+* `summary_table`: a text table of the evaluations.
+
+On resume, records after the resumed step (logged after the checkpoint by an
+interrupted run) are dropped so the file describes one consistent run.
+"""
+
+import json
+import math
+import pathlib
+import sys
+import time
+from typing import Any, Dict, List, Mapping, Optional
+
+METRICS_FILE = 'metrics.jsonl'
+TENSORBOARD_DIR = 'tensorboard'
+CURVES_FILE = 'curves.png'
+
+
+def _clean(value: Any) -> Any:
+  """JSON-safe value: floats as float (non-finite -> None), nested dicts."""
+  if isinstance(value, Mapping):
+    return {str(k): _clean(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_clean(v) for v in value]
+  if isinstance(value, (bool, str)) or value is None:
+    return value
+  if isinstance(value, int):
+    return value
+  value = float(value)
+  return value if math.isfinite(value) else None
+
+
+def read_metrics(path) -> List[Dict[str, Any]]:
+  """The records of a metrics.jsonl file (a workdir or the file itself)."""
+  path = pathlib.Path(path)
+  if path.is_dir():
+    path = path / METRICS_FILE
+  if not path.exists():
+    return []
+  records = []
+  for line in path.read_text().splitlines():
+    line = line.strip()
+    if line:
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue  # a line cut short by a crash
+  return records
+
+
+def flat_psnr(results: Mapping[str, Mapping[str, Mapping[str, float]]]
+              ) -> Dict[str, float]:
+  """{'set5': {'2': {'psnr': p}}} -> {'set5/x2': p}."""
+  return {f'{name}/x{s}': r['psnr'] for name, by_scale in results.items()
+          for s, r in by_scale.items()}
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without PyTorch.
+
+  tensorboardX imports torch when it is installed (seconds of start-up) only
+  to accept torch tensors; we log Python floats, so torch is hidden from that
+  import (tensorboardX handles the ImportError).
+  """
+  hide = 'torch' not in sys.modules
+  if hide:
+    sys.modules['torch'] = None  # makes `import torch` raise ImportError
+  try:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+  finally:
+    if hide:
+      del sys.modules['torch']
+  return tensorboardX.SummaryWriter
+
+
+class Reporter:
+  """Writes metrics.jsonl and TensorBoard events for one (process 0) run."""
+
+  def __init__(self, workdir, *, start_step: int = 0, enabled: bool = True):
+    self.enabled = enabled
+    self.workdir = pathlib.Path(workdir)
+    self.path = self.workdir / METRICS_FILE
+    self._tb = None
+    if not enabled:
+      return
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    kept = [r for r in read_metrics(self.path)
+            if r.get('step', 0) <= start_step]
+    with open(self.path, 'w') as f:
+      for r in kept:
+        f.write(json.dumps(r) + '\n')
+    writer = _summary_writer_class()
+    self._tb = writer(logdir=str(self.workdir / TENSORBOARD_DIR),
+                      purge_step=start_step + 1 if start_step else None)
+
+  def _append(self, record: Dict[str, Any]) -> None:
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(_clean(record)) + '\n')
+
+  def write_train(self, step: int, scalars: Mapping[str, float]) -> None:
+    """Logs one training record (loss, grad_norm, lr, steps_per_sec, ...)."""
+    if not self.enabled:
+      return
+    self._append({'kind': 'train', 'step': int(step), **scalars,
+                  'time': time.time()})
+    for name, value in scalars.items():
+      self._tb.add_scalar(f'train/{name}', float(value), int(step))
+    self._tb.flush()
+
+  def write_eval(self, step: int, results: Mapping[str, Any]) -> None:
+    """Logs evaluation results {dataset: {scale: {'psnr', 'ssim'}}}."""
+    if not self.enabled:
+      return
+    psnr = flat_psnr(results)
+    self._append({'kind': 'eval', 'step': int(step), 'time': time.time(),
+                  'results': results, 'psnr': psnr})
+    for name, by_scale in results.items():
+      for s, r in by_scale.items():
+        for metric, value in r.items():
+          self._tb.add_scalar(f'eval/{name}_x{s}/{metric}', float(value),
+                              int(step))
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def plot_curves(records: List[Dict[str, Any]], path,
+                paper: Optional[Mapping[str, float]] = None) -> None:
+  """Saves loss and evaluation PSNR against step as a PNG.
+
+  Args:
+    records: from `read_metrics`.
+    path: the PNG to write.
+    paper: optional {'set5/x2': psnr, ...} drawn as dashed reference lines.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  train = [r for r in records if r.get('kind') == 'train'
+           and r.get('loss') is not None]
+  evals = [r for r in records if r.get('kind') == 'eval']
+  fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(11, 4))
+  if train:
+    ax_loss.plot([r['step'] for r in train], [r['loss'] for r in train])
+    if all(r['loss'] > 0 for r in train):
+      ax_loss.set_yscale('log')
+  ax_loss.set_xlabel('step')
+  ax_loss.set_ylabel('training loss (MSE)')
+  ax_loss.grid(True, alpha=0.3)
+  keys = sorted({k for r in evals for k in r.get('psnr', {})})
+  for i, key in enumerate(keys):
+    points = [(r['step'], r['psnr'][key]) for r in evals if key in r['psnr']]
+    color = f'C{i}'
+    ax_psnr.plot(*zip(*points), marker='o', color=color, label=key)
+    if paper and key in paper:
+      ax_psnr.axhline(paper[key], color=color, linestyle='--', alpha=0.6)
+  ax_psnr.set_xlabel('step')
+  ax_psnr.set_ylabel('PSNR (dB)' + (' (dashed: paper)' if paper else ''))
+  ax_psnr.grid(True, alpha=0.3)
+  if keys:
+    ax_psnr.legend()
+  fig.tight_layout()
+  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def summary_table(records: List[Dict[str, Any]],
+                  paper: Optional[Mapping[str, float]] = None) -> str:
+  """Text table: one row per evaluation (step, training loss, PSNR each)."""
+  train = [r for r in records if r.get('kind') == 'train']
+  evals = [r for r in records if r.get('kind') == 'eval']
+  keys = sorted({k for r in evals for k in r.get('psnr', {})})
+  header = f'{"step":>8} {"loss":>10}' + ''.join(f' {k:>10}' for k in keys)
+  lines = [header, '-' * len(header)]
+  for r in evals:
+    before = [t for t in train if t['step'] <= r['step']]
+    loss = before[-1].get('loss') if before else None
+    line = f'{r["step"]:>8} ' + (f'{loss:>10.3e}' if loss is not None
+                                  else f'{"-":>10}')
+    for k in keys:
+      v = r['psnr'].get(k)
+      line += f' {v:>10.3f}' if v is not None else f' {"-":>10}'
+    lines.append(line)
+  if not evals and train:
+    last = train[-1]
+    loss = last.get('loss')
+    lines.append(f'{last["step"]:>8} ' + (f'{loss:>10.3e}' if loss is not None
+                                           else f'{"-":>10}'))
+  if paper and keys:
+    lines.append(f'{"paper":>8} {"":>10}' + ''.join(
+        f' {paper[k]:>10.2f}' if k in paper else f' {"-":>10}' for k in keys))
+  return '\n'.join(lines)

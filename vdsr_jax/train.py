@@ -1,0 +1,733 @@
+"""Training VDSR with the paper's recipe: config, state, jitted step, loop.
+
+`train_and_evaluate(config, workdir)` runs everything: optional multi-host
+start, data, model, optimiser, checkpoint resume, the training loop with
+logging, periodic Set5 evaluation, and the final report and export.
+
+Parallelism: one `jax.sharding.Mesh` over all devices (of all processes),
+axis 'data'. The batch is sharded along 'data'; params and optimiser state
+are replicated, so XLA turns the mean loss's gradient into an all-reduce.
+The same code runs on 1 CPU, N GPUs, a TPU slice or several hosts; each host
+builds only its rows of the global batch (input_pipeline is a pure function
+of (seed, step, row)).
+
+Loss. The network output (for the residual model: input + predicted
+residual) is compared with the HR patch by the mean squared error over all
+pixels of the batch (`--loss=mse`, the default). The paper writes
+1/2 ||y - f(x)||^2 per patch averaged over the batch (Caffe's EuclideanLoss,
+MatConvNet's L2), which is 0.5 * patch_size**2 = 840.5 times the MSE for
+41x41 patches: `--loss=paper` optimises that scaled objective instead. The
+scale matters: lr, weight decay and the clip threshold theta / lr act on the
+gradient of whichever objective is chosen. The paper's updates equal the MSE
+updates with lr * 840.5 and weight_decay / 840.5 (same theta), so with
+`--loss=mse` the same flag values mean a smaller step and a relatively
+stronger weight decay. Logged `loss` is always the plain MSE.
+"""
+
+import dataclasses
+import functools
+import math
+import pathlib
+import signal
+import threading
+import time
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+import optax
+import tqdm
+
+from vdsr_jax import checkpointing
+from vdsr_jax import input_pipeline
+from vdsr_jax import models
+from vdsr_jax import optimizers
+from vdsr_jax import reporting
+from vdsr_jax import weights as weights_lib
+
+LOSSES = ('mse', 'paper')
+ARCHITECTURE = ('depth', 'features', 'residual')
+FLAGS_FILE = 'flags.txt'
+PARAMS_FILE = 'params.npz'
+
+
+class ConfigError(ValueError):
+  """The configuration cannot run (bad value, mismatch with devices/run)."""
+
+
+class TrainingError(RuntimeError):
+  """Training stopped on its own: a non-finite loss."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+  """Ctrl-C: training stopped after saving a checkpoint."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything a training run depends on; fields mirror the command flags."""
+  # Data.
+  train_dataset: str = 'train291'
+  max_train_images: int = 0
+  data_dir: Optional[str] = None
+  tfds_dir: Optional[str] = None
+  patch_size: int = 41
+  batch_size: int = 64
+  scales: Tuple[int, ...] = (2, 3, 4)
+  augment: bool = True
+  downscale_factors: Tuple[float, ...] = (1.0,)
+  prefetch: int = 2
+  seed: int = 0
+  # Model.
+  depth: int = 20
+  features: int = 64
+  residual: bool = True
+  # Objective and optimiser.
+  loss: str = 'mse'
+  optimizer: str = 'sgd'
+  learning_rate: float = 0.1
+  momentum: float = 0.9
+  weight_decay: float = 1e-4
+  decay_biases: bool = False
+  clip_mode: str = 'global_norm'
+  clip_theta: float = 0.4
+  total_steps: int = 9960
+  decay_every: int = 0
+  decay_boundaries: Tuple[int, ...] = ()
+  decay_factor: float = 0.1
+  # Loop.
+  log_every: int = 50
+  checkpoint_every: int = 1000
+  keep_checkpoints: int = 3
+  eval_every: int = 1000
+  eval_scales: Tuple[int, ...] = (2, 3, 4)
+  progress: bool = True
+  # Multi-host (all unset: a single process).
+  coordinator_address: Optional[str] = None
+  num_processes: Optional[int] = None
+  process_id: Optional[int] = None
+
+  def __post_init__(self):
+    for name in ('scales', 'downscale_factors', 'decay_boundaries',
+                 'eval_scales'):
+      object.__setattr__(self, name, tuple(getattr(self, name)))
+    problems = list(_problems(self))
+    if problems:
+      raise ConfigError(problems[0])
+
+  @property
+  def boundaries(self) -> Tuple[int, ...]:
+    """The learning-rate decay steps in effect."""
+    return optimizers.decay_boundaries(self.total_steps, self.decay_every,
+                                       self.decay_boundaries)
+
+  def pipeline_config(self) -> input_pipeline.PipelineConfig:
+    return input_pipeline.PipelineConfig(
+        patch_size=self.patch_size, batch_size=self.batch_size,
+        scales=self.scales, augment=self.augment,
+        downscale_factors=self.downscale_factors, seed=self.seed)
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _problems(c: TrainConfig):
+  """Yields one message per impossible value, in flag order."""
+  def at_least(name, low):
+    v = getattr(c, name)
+    if not _is_int(v) or v < low:
+      return f'--{name} must be an integer >= {low}, got {v!r}.'
+    return None
+
+  for name, low in (('max_train_images', 0), ('patch_size', 1),
+                    ('batch_size', 1), ('prefetch', 0), ('seed', 0),
+                    ('depth', 2), ('features', 1), ('total_steps', 1),
+                    ('decay_every', 0), ('log_every', 1),
+                    ('checkpoint_every', 0), ('keep_checkpoints', 1),
+                    ('eval_every', 0)):
+    message = at_least(name, low)
+    if message:
+      yield message
+  if not c.scales:
+    yield '--scales must list at least one scale factor.'
+  for s in c.scales:
+    if not _is_int(s) or s < 1:
+      yield f'--scales must be integers >= 1, got {c.scales!r}.'
+      break
+  if len(set(c.scales)) != len(c.scales):
+    yield f'--scales must be distinct, got {c.scales!r}.'
+  if _is_int(c.batch_size) and c.batch_size < len(c.scales):
+    yield (f'--batch_size={c.batch_size} cannot hold one patch of each of the '
+           f'{len(c.scales)} --scales.')
+  if not c.downscale_factors or not all(
+      0.0 < f <= 1.0 for f in c.downscale_factors):
+    yield ('--downscale_factors must be values in (0, 1], got '
+           f'{c.downscale_factors!r}.')
+  if c.loss not in LOSSES:
+    yield f'--loss must be one of {", ".join(LOSSES)}, got {c.loss!r}.'
+  if c.optimizer not in optimizers.OPTIMIZERS:
+    yield (f'--optimizer must be one of {", ".join(optimizers.OPTIMIZERS)}, '
+           f'got {c.optimizer!r}.')
+  if c.clip_mode not in optimizers.CLIP_MODES:
+    yield (f'--clip_mode must be one of {", ".join(optimizers.CLIP_MODES)}, '
+           f'got {c.clip_mode!r}.')
+  for name in ('learning_rate', 'clip_theta', 'decay_factor'):
+    v = getattr(c, name)
+    if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+      yield f'--{name} must be a finite number > 0, got {v!r}.'
+  if not 0.0 <= c.momentum < 1.0:
+    yield f'--momentum must be in [0, 1), got {c.momentum!r}.'
+  if not (math.isfinite(c.weight_decay) and c.weight_decay >= 0):
+    yield f'--weight_decay must be >= 0, got {c.weight_decay!r}.'
+  for b in c.decay_boundaries:
+    if not _is_int(b) or b < 1:
+      yield ('--decay_boundaries must be step numbers >= 1, got '
+             f'{c.decay_boundaries!r}.')
+      break
+  for s in c.eval_scales:
+    if not _is_int(s) or s < 2:
+      yield (f'--eval_scales must be integers >= 2 (or empty for no '
+             f'evaluation), got {c.eval_scales!r}.')
+      break
+  if c.num_processes is not None and (not _is_int(c.num_processes)
+                                      or c.num_processes < 1):
+    yield f'--num_processes must be >= 1, got {c.num_processes!r}.'
+  elif c.process_id is not None and c.num_processes is not None and not (
+      0 <= c.process_id < c.num_processes):
+    yield (f'--process_id must be in [0, --num_processes={c.num_processes}),'
+           f' got {c.process_id}.')
+
+
+# ----------------------------------------------------------------------------
+# State and step.
+# ----------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training (a pytree of arrays)."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # raw uint32 key; reserved for stochastic extensions
+
+  def to_dict(self) -> Dict[str, Any]:
+    return {'step': self.step, 'params': self.params,
+            'opt_state': self.opt_state, 'rng': self.rng}
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> 'TrainState':
+    return cls(step=d['step'], params=d['params'], opt_state=d['opt_state'],
+               rng=d['rng'])
+
+
+def create_model(config: TrainConfig) -> models.VDSR:
+  return models.VDSR(depth=config.depth, features=config.features,
+                     residual=config.residual)
+
+
+def create_optimizer(config: TrainConfig
+                     ) -> Tuple[optax.GradientTransformation,
+                                optimizers.Schedule]:
+  """The optax chain and lr schedule of `config` (see optimizers.py)."""
+  return optimizers.create(
+      learning_rate=config.learning_rate, total_steps=config.total_steps,
+      decay_every=config.decay_every, boundaries=config.decay_boundaries,
+      decay_factor=config.decay_factor, optimizer=config.optimizer,
+      momentum=config.momentum, weight_decay=config.weight_decay,
+      decay_biases=config.decay_biases, clip_mode=config.clip_mode,
+      clip_theta=config.clip_theta)
+
+
+def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A 1-D mesh 'data' over all devices, ordered by process then id.
+
+  Process order matters: `make_array_from_process_local_data` puts process
+  p's rows where p's devices sit, and input_pipeline gives process p the
+  p-th block of the global batch.
+  """
+  devices = jax.devices() if devices is None else devices
+  devices = sorted(devices, key=lambda d: (d.process_index, d.id))
+  return Mesh(np.array(devices), ('data',))
+
+
+def create_train_state(config: TrainConfig, model: models.VDSR,
+                       tx: optax.GradientTransformation,
+                       mesh: Optional[Mesh] = None) -> TrainState:
+  """Fresh state from `config.seed`, replicated over `mesh` if given."""
+  def init(key):
+    init_key, state_key = jax.random.split(key)
+    params = models.init_params(init_key, model, config.patch_size)
+    return TrainState(step=jnp.zeros([], jnp.int32), params=params,
+                      opt_state=tx.init(params), rng=state_key)
+
+  out = NamedSharding(mesh, P()) if mesh is not None else None
+  return jax.jit(init, out_shardings=out)(jax.random.PRNGKey(config.seed))
+
+
+def loss_scale(config: TrainConfig) -> float:
+  """Objective / MSE: 1, or 0.5 * patch_size**2 for the paper's 1/2||.||^2."""
+  return 1.0 if config.loss == 'mse' else 0.5 * config.patch_size ** 2
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves))
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
+               model: models.VDSR, tx: optax.GradientTransformation,
+               schedule: optimizers.Schedule, scale: float = 1.0
+               ) -> Tuple[TrainState, Dict[str, jax.Array]]:
+  """One SGD update on a batch {'inputs', 'targets'}: pure, jit it.
+
+  Returns:
+    (new state, metrics): loss (MSE of this batch), grad_norm (global norm
+    of the objective's gradient before clipping), lr (the rate of this
+    update) and finite (loss, gradient norm and new params all finite).
+  """
+  def objective(params):
+    out = model.apply({'params': params}, batch['inputs'])
+    mse = jnp.mean(jnp.square(out - batch['targets']))
+    return mse * scale, mse
+
+  grads, mse = jax.grad(objective, has_aux=True)(state.params)
+  grad_norm = optax.tree.norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  finite = jnp.isfinite(mse) & jnp.isfinite(grad_norm) & _all_finite(params)
+  metrics = {'loss': mse, 'grad_norm': grad_norm,
+             'lr': schedule(state.step), 'finite': finite}
+  new_state = state.replace(step=state.step + 1, params=params,
+                            opt_state=opt_state)
+  return new_state, metrics
+
+
+def make_train_step(config: TrainConfig, model: models.VDSR,
+                    tx: optax.GradientTransformation,
+                    schedule: optimizers.Schedule, mesh: Mesh):
+  """`train_step` jitted over `mesh`: batch along 'data', state replicated.
+
+  The input state's buffers are donated (updated in place).
+  """
+  replicated = NamedSharding(mesh, P())
+  data = NamedSharding(mesh, P('data'))
+  step = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+                           scale=loss_scale(config))
+  return jax.jit(step, in_shardings=(replicated, data),
+                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+def global_batch(batch: Mapping[str, np.ndarray], mesh: Mesh
+                 ) -> Dict[str, jax.Array]:
+  """This process's rows of the batch -> global arrays sharded on 'data'."""
+  sharding = NamedSharding(mesh, P('data'))
+  return {k: jax.make_array_from_process_local_data(sharding, batch[k])
+          for k in ('inputs', 'targets')}
+
+
+def host_params(params) -> Dict[str, Dict[str, np.ndarray]]:
+  """Replicated (possibly multi-host) params -> numpy, from a local copy."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), params)
+
+
+# ----------------------------------------------------------------------------
+# Flags file and run compatibility.
+# ----------------------------------------------------------------------------
+
+
+def config_to_flags(config: TrainConfig) -> str:
+  """`config` as absl flagfile lines (usable with --flagfile)."""
+  lines = []
+  for f in dataclasses.fields(config):
+    v = getattr(config, f.name)
+    if v is None:
+      continue
+    if isinstance(v, bool):
+      lines.append(f'--{f.name}' if v else f'--no{f.name}')
+    elif isinstance(v, tuple):
+      lines.append(f'--{f.name}=' + ','.join(str(x) for x in v))
+    else:
+      lines.append(f'--{f.name}={v}')
+  return '\n'.join(lines) + '\n'
+
+
+def parse_flags_file(text: str) -> Dict[str, str]:
+  """Reads `config_to_flags` output back as {name: value string}."""
+  values = {}
+  for line in text.splitlines():
+    line = line.strip()
+    if not line.startswith('--'):
+      continue
+    name, eq, value = line[2:].partition('=')
+    if not eq:
+      if name.startswith('no') and name[2:] in TrainConfig.__dataclass_fields__:
+        name, value = name[2:], 'False'
+      else:
+        value = 'True'
+    values[name] = value
+  return values
+
+
+def architecture(config: TrainConfig) -> Dict[str, Any]:
+  return {name: getattr(config, name) for name in ARCHITECTURE}
+
+
+def check_resume(config: TrainConfig, workdir: pathlib.Path,
+                 meta: Optional[Mapping[str, Any]]) -> None:
+  """Raises ConfigError if the run in `workdir` has another architecture."""
+  if meta is not None and 'architecture' in meta:
+    saved = dict(meta['architecture'])
+  elif meta is not None and (workdir / FLAGS_FILE).exists():
+    flags = parse_flags_file((workdir / FLAGS_FILE).read_text())
+    saved = {k: flags[k] for k in ARCHITECTURE if k in flags}
+  else:
+    return
+  current = architecture(config)
+  differ = [k for k in ARCHITECTURE
+            if k in saved and str(saved[k]) != str(current[k])]
+  if differ:
+    diffs = ', '.join(f'--{k}={saved[k]} there, {current[k]} now'
+                      for k in differ)
+    raise ConfigError(
+        f'{workdir} holds a checkpoint of another architecture ({diffs}). '
+        'Use a new --workdir, or the same architecture flags to resume.')
+
+
+# ----------------------------------------------------------------------------
+# The loop.
+# ----------------------------------------------------------------------------
+
+
+def initialize_distributed(config: TrainConfig) -> None:
+  """Starts jax.distributed if any multi-host flag is set (before any JAX)."""
+  if (config.coordinator_address is None and config.num_processes is None
+      and config.process_id is None):
+    return
+  if jax.distributed.is_initialized():
+    return
+  jax.distributed.initialize(coordinator_address=config.coordinator_address,
+                             num_processes=config.num_processes,
+                             process_id=config.process_id)
+
+
+def load_train_images(config: TrainConfig) -> list:
+  from vdsr_jax import datasets  # pylint: disable=g-import-not-at-top
+  source = datasets.load(config.train_dataset, data_dir=config.data_dir,
+                         tfds_dir=config.tfds_dir)
+  n = len(source)
+  if config.max_train_images:
+    n = min(n, config.max_train_images)
+  return [source[i]['image'] for i in range(n)]
+
+
+def load_eval_images(config: TrainConfig) -> Dict[str, list]:
+  from vdsr_jax import datasets  # pylint: disable=g-import-not-at-top
+  source = datasets.load('set5', data_dir=config.data_dir,
+                         tfds_dir=config.tfds_dir)
+  return {'set5': [source[i]['image'] for i in range(len(source))]}
+
+
+def paper_psnr(datasets: Sequence[str]) -> Dict[str, float]:
+  """{'set5/x2': paper VDSR PSNR, ...} if the reference table is there."""
+  from vdsr_jax import evaluation  # pylint: disable=g-import-not-at-top
+  try:
+    table = evaluation.load_paper_table()
+  except Exception:  # pylint: disable=broad-except
+    return {}
+  return {f'{name}/x{s}': row['vdsr_psnr'] for (name, s), row in table.items()
+          if name in datasets and 'vdsr_psnr' in row}
+
+
+class _StopRequest:
+  """First Ctrl-C asks the loop to save and stop; a second one aborts."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    if self.requested:
+      raise KeyboardInterrupt
+    self.requested = True
+    tqdm.tqdm.write('Interrupted: saving a checkpoint after this step '
+                    '(Ctrl-C again to abort without saving).')
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+
+
+class _Metrics:
+  """Step metrics: fetched lazily, checked for finiteness, averaged to log."""
+
+  def __init__(self):
+    self.pending = []  # (step, device metrics), not fetched yet
+    self.fetched = []  # (step, host metrics), not logged yet
+    self.last_log = (None, time.time())  # (step, time)
+
+  def add(self, step: int, metrics) -> None:
+    self.pending.append((step, metrics))
+
+  def check(self) -> None:
+    """Fetches pending metrics; raises TrainingError on a non-finite step."""
+    if not self.pending:
+      return
+    host = jax.device_get([m for _, m in self.pending])
+    steps = [s for s, _ in self.pending]
+    self.pending = []
+    for step, m in zip(steps, host):
+      if not bool(m['finite']):
+        raise TrainingError(
+            f'Training diverged at step {step}: loss {float(m["loss"]):.4g}, '
+            f'gradient norm {float(m["grad_norm"]):.4g}, lr '
+            f'{float(m["lr"]):.4g}.')
+      self.fetched.append((step, m))
+
+  def summary(self, step: int) -> Dict[str, float]:
+    """Means since the last record, the last lr, and steps per second."""
+    self.check()
+    now = time.time()
+    prev_step, prev_time = self.last_log
+    n = len(self.fetched)
+    out = {
+        'loss': float(np.mean([float(m['loss']) for _, m in self.fetched])),
+        'grad_norm': float(np.mean([float(m['grad_norm'])
+                                    for _, m in self.fetched])),
+        'lr': float(self.fetched[-1][1]['lr']),
+    }
+    if prev_step is not None and step > prev_step:
+      out['steps_per_sec'] = (step - prev_step) / max(now - prev_time, 1e-9)
+    else:
+      out['steps_per_sec'] = n / max(now - prev_time, 1e-9)
+    self.fetched = []
+    self.last_log = (step, now)
+    return out
+
+
+class _Run:
+  """One training run's moving parts; `train_and_evaluate` drives it."""
+
+  def __init__(self, config, workdir, mesh, manager, state, start, step_fn,
+               train_images, eval_images, evaluating):
+    self.config = config
+    self.workdir = workdir
+    self.mesh = mesh
+    self.manager = manager
+    self.state = state
+    self.start = start
+    self.eval_images = eval_images
+    self.evaluating = evaluating
+    self.primary = jax.process_index() == 0
+    self.last_saved = start if start else None
+    self.last_eval = None
+    self.last_loss = None
+    self.step_fn = step_fn
+    self.metrics = _Metrics()
+    try:
+      self.pipeline = input_pipeline.PatchPipeline(
+          train_images, config.pipeline_config(), start_step=start,
+          process_index=jax.process_index(),
+          process_count=jax.process_count(), prefetch=config.prefetch)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+    self.reporter = reporting.Reporter(workdir, start_step=start,
+                                       enabled=self.primary)
+    self.bar = tqdm.tqdm(total=config.total_steps, initial=start, unit='step',
+                         dynamic_ncols=True,
+                         disable=not (self.primary and config.progress))
+
+  def close(self):
+    self.pipeline.close()
+    self.bar.close()
+    self.reporter.close()
+
+  @property
+  def step(self) -> int:
+    return int(jax.device_get(self.state.step))
+
+  def save(self):
+    self.metrics.check()  # never save a state that follows a non-finite step
+    meta = {'next_step': self.pipeline.next_step,
+            'architecture': architecture(self.config)}
+    self.last_saved = checkpointing.save(self.manager, self.state.to_dict(),
+                                         meta)
+
+  def evaluate(self, step: int):
+    from vdsr_jax import evaluation  # pylint: disable=g-import-not-at-top
+    self.metrics.check()
+    self.last_eval = evaluation.evaluate(
+        'vdsr', host_params(self.state.params),
+        datasets=list(self.eval_images), scales=self.config.eval_scales,
+        images=self.eval_images, progress=False)
+    self.reporter.write_eval(step, self.last_eval)
+    psnr = reporting.flat_psnr(self.last_eval)
+    tqdm.tqdm.write(f'step {step}: ' + ', '.join(
+        f'{k} {v:.2f} dB' for k, v in psnr.items()))
+
+  def _diverged(self, error: TrainingError) -> TrainingError:
+    where = (f'the last good checkpoint (step {self.last_saved}) in '
+             f'{checkpointing.checkpoint_dir(self.workdir)} is intact'
+             if self.last_saved is not None else 'no checkpoint was saved')
+    return TrainingError(
+        f'{error} Stopped without saving; {where}. Lower --learning_rate or '
+        'clip gradients (--clip_mode, --clip_theta).')
+
+  def _loop(self, stop: _StopRequest):
+    c = self.config
+    for step in range(self.start, c.total_steps):
+      if stop.requested:
+        raise KeyboardInterrupt
+      batch = global_batch(next(self.pipeline), self.mesh)
+      self.state, step_metrics = self.step_fn(self.state, batch)
+      done = step + 1
+      self.metrics.add(done, step_metrics)
+      self.bar.update(1)
+      final = done == c.total_steps
+      if done % c.log_every == 0 or final:
+        scalars = self.metrics.summary(done)
+        self.last_loss = scalars['loss']
+        self.reporter.write_train(done, scalars)
+        self.bar.set_postfix(loss=f'{scalars["loss"]:.3e}',
+                             lr=f'{scalars["lr"]:.3g}')
+      if final or (c.checkpoint_every and done % c.checkpoint_every == 0):
+        self.save()
+      if (self.evaluating and not final and c.eval_every
+          and done % c.eval_every == 0):
+        self.evaluate(done)
+
+  def train(self):
+    """The training loop; a NaN stops it, Ctrl-C saves and stops it."""
+    try:
+      with _StopRequest() as stop:
+        self._loop(stop)
+    except TrainingError as e:
+      raise self._diverged(e) from None
+    except KeyboardInterrupt:
+      step = self.pipeline.next_step
+      if any(x.is_deleted() for x in jax.tree.leaves(self.state)):
+        raise TrainingInterrupted(
+            f'Interrupted during step {step}; no checkpoint saved (the last '
+            f'is step {self.last_saved}).') from None
+      if self.last_saved != step:
+        try:
+          self.save()
+        except TrainingError as e:
+          raise self._diverged(e) from None
+      raise TrainingInterrupted(
+          f'Interrupted at step {step}: checkpoint saved in '
+          f'{checkpointing.checkpoint_dir(self.workdir)}; run the same '
+          'command to resume.') from None
+    finally:
+      self.bar.close()
+
+  def finish(self) -> Dict[str, Any]:
+    """Final evaluation, params.npz, curves.png and the summary table."""
+    step = self.step
+    params = host_params(self.state.params)
+    if self.evaluating:
+      earlier = [r for r in reporting.read_metrics(self.workdir)
+                 if r.get('kind') == 'eval' and r.get('step') == step]
+      if self.start == step and earlier:  # resumed a finished run
+        self.last_eval = earlier[-1]['results']
+      else:
+        self.evaluate(step)
+    if self.primary:
+      weights_lib.save_npz(params, self.workdir / PARAMS_FILE)
+      records = reporting.read_metrics(self.workdir)
+      paper = paper_psnr(list(self.eval_images or {}))
+      reporting.plot_curves(records, self.workdir / reporting.CURVES_FILE,
+                            paper)
+      table = reporting.summary_table(records, paper)
+      print(f'\nTraining done at step {step} ({self.workdir}):\n{table}',
+            flush=True)
+    return {'step': step, 'loss': self.last_loss, 'eval': self.last_eval,
+            'params': params}
+
+
+def train_and_evaluate(config: TrainConfig, workdir, *,
+                       train_images: Optional[Sequence[Any]] = None,
+                       eval_images: Optional[Mapping[str, Sequence[Any]]] = None
+                       ) -> Dict[str, Any]:
+  """Trains (or resumes) VDSR in `workdir`, evaluating on Set5.
+
+  Args:
+    config: the run's configuration.
+    workdir: where checkpoints, metrics, TensorBoard events, flags.txt,
+      curves.png and params.npz go. A checkpoint there is resumed.
+    train_images: uint8 HR images to train on instead of
+      `config.train_dataset` (tests, custom data).
+    eval_images: {dataset: uint8 HR images} to evaluate on instead of Set5.
+
+  Returns:
+    {'step', 'loss' (last logged), 'eval' (last results or None),
+     'params' (numpy)}.
+
+  Raises:
+    ConfigError: the config does not fit the devices or the workdir's run.
+    TrainingError: a non-finite loss; the last checkpoint stays as it was.
+    TrainingInterrupted: Ctrl-C; a checkpoint was saved first.
+  """
+  initialize_distributed(config)
+  workdir = pathlib.Path(workdir).expanduser().absolute()
+  mesh = make_mesh()
+  n_dev, n_proc = mesh.devices.size, jax.process_count()
+  if config.batch_size % n_dev or config.batch_size % n_proc:
+    raise ConfigError(
+        f'--batch_size={config.batch_size} (global) must be divisible by the '
+        f'number of devices ({n_dev}) and of processes ({n_proc}).')
+  primary = jax.process_index() == 0
+
+  manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
+  check_resume(config, workdir, checkpointing.read_meta(manager))
+  if primary:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / FLAGS_FILE).write_text(config_to_flags(config))
+
+  if train_images is None:
+    train_images = load_train_images(config)
+  if len(train_images) == 0:
+    raise ConfigError('The training set is empty.')
+  evaluating = bool(config.eval_scales) and primary
+  if evaluating and not config.residual:
+    logging.warning('Evaluation assumes a residual model; skipping it for '
+                    '--noresidual.')
+    evaluating = False
+  if evaluating and eval_images is None:
+    eval_images = load_eval_images(config)
+
+  logging.info('Training on %d images with %d device(s) (%s) in %d '
+               'process(es); workdir %s', len(train_images), n_dev,
+               mesh.devices.flat[0].platform, n_proc, workdir)
+
+  model = create_model(config)
+  tx, schedule = create_optimizer(config)
+  state = create_train_state(config, model, tx, mesh)
+  restored = checkpointing.restore_latest(manager, state.to_dict())
+  start = 0
+  if restored is not None:
+    state = TrainState.from_dict(restored[0])
+    start = int(restored[1].get('next_step', int(jax.device_get(state.step))))
+    logging.info('Resuming from the checkpoint at step %d.', start)
+
+  step_fn = make_train_step(config, model, tx, schedule, mesh)
+  run = _Run(config, workdir, mesh, manager, state, start, step_fn,
+             train_images, eval_images, evaluating)
+  try:
+    run.train()
+    return run.finish()
+  finally:
+    run.close()
