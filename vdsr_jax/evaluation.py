@@ -135,6 +135,8 @@ def evaluate(method: str = 'vdsr',
         scores.append(score_image(hr, int(s), method, params, bucket))
       p, q = np.mean(scores, axis=0)
       results[name][str(int(s))] = {'psnr': float(p), 'ssim': float(q)}
+      if progress:  # Long runs: each cell as soon as it is known.
+        tqdm.tqdm.write(f'{method} {name} x{s}: PSNR {p:.3f} SSIM {q:.4f}')
   return results
 
 
