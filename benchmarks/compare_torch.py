@@ -1,0 +1,243 @@
+r"""VDSR on this CPU: JAX (this project) against PyTorch, side by side.
+
+  python benchmarks/compare_torch.py [--repeats=N] [--json_out=FILE]
+      [--configs=train_step,infer_512,infer_1080p] [--jax_conv=auto|lax|...]
+
+Three configurations:
+  train_step:  one optimiser update on a batch of 64 41x41 patches. JAX runs
+               the project's own jitted step (`train.make_train_step`: MSE,
+               adjustable global-norm clipping, SGD momentum 0.9, weight
+               decay 1e-4, donated state); PyTorch the same recipe
+               (benchmarks/torch_vdsr.py).
+  infer_512:   the network on one 512x512 luminance image
+               (JAX: `inference.network_forward`, bucketed and masked as the
+               project runs it; PyTorch: `inference_mode`).
+  infer_1080p: the same on 1920x1080 (JAX pads to the 32-pixel bucket,
+               1920x1088, i.e. 0.7% more pixels, and still reports 1080p).
+
+Method. Each (framework, configuration) runs in its own worker process, so
+the reported peak memory is that worker's peak resident set size
+(ru_maxrss: framework runtime + model + buffers of that configuration;
+`rss_after_import_mb` is the runtime alone). Both workers of a configuration
+compile/warm up first (2 untimed runs), then the parent asks them in turn,
+A, B, A, B, ..., for one timed run each: interleaving spreads the load of
+other processes on the machine over both. Times are medians; the 1-minute
+load average is recorded before and after. Throughput: patches/s for
+training, megapixels/s for inference; speedup = torch_ms / jax_ms (> 1: JAX
+faster).
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+CONFIGS = ('train_step', 'infer_512', 'infer_1080p')
+SHAPES = {'infer_512': (512, 512), 'infer_1080p': (1080, 1920)}
+BATCH, PATCH = 64, 41
+
+
+def _rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ----------------------------------------------------------------------------
+# Workers: set up one configuration, then time one run per 'RUN' line.
+# ----------------------------------------------------------------------------
+
+
+def _jax_runner(config: str, conv_method: str):
+  import jax
+  import numpy as np
+  from vdsr_jax import conv
+  from vdsr_jax import inference
+  from vdsr_jax import models
+  from vdsr_jax import train
+  conv.METHOD = conv_method
+  rng = np.random.default_rng(0)
+  if config == 'train_step':
+    cfg = train.TrainConfig(batch_size=BATCH, patch_size=PATCH,
+                            eval_scales=(), progress=False)
+    mesh = train.make_mesh()
+    model = train.create_model(cfg)
+    tx, schedule = train.create_optimizer(cfg)
+    state = train.create_train_state(cfg, model, tx, mesh)
+    step = train.make_train_step(cfg, model, tx, schedule, mesh)
+    batch = train.global_batch(
+        {'inputs': rng.random((BATCH, PATCH, PATCH, 1), np.float32),
+         'targets': rng.random((BATCH, PATCH, PATCH, 1), np.float32)}, mesh)
+    holder = [state]
+
+    def run():
+      holder[0], metrics = step(holder[0], batch)
+      jax.block_until_ready((holder[0], metrics))
+    return run
+  h, w = SHAPES[config]
+  params = models.init_params(jax.random.PRNGKey(0), models.VDSR(), 9)
+  x = jax.device_put(rng.random((1, h, w, 1), np.float32))
+
+  def run():
+    inference.network_forward(params, x).block_until_ready()
+  return run
+
+
+def _torch_runner(config: str):
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import torch_vdsr
+  torch_vdsr.setup(threads=int(os.environ.get('TORCH_THREADS', 2)))
+  channels_last = os.environ.get('TORCH_CHANNELS_LAST', '1') == '1'
+  model = torch_vdsr.make_model(channels_last)
+  if config == 'train_step':
+    step = torch_vdsr.make_train_step(model)
+    x = torch_vdsr.batch((BATCH, 1, PATCH, PATCH), channels_last, 0)
+    y = torch_vdsr.batch((BATCH, 1, PATCH, PATCH), channels_last, 1)
+    return lambda: float(step(x, y))
+  h, w = SHAPES[config]
+  forward = torch_vdsr.make_forward(model)
+  x = torch_vdsr.batch((1, 1, h, w), channels_last, 0)
+  return lambda: forward(x)
+
+
+def worker(framework: str, config: str, conv_method: str) -> None:
+  if framework == 'jax':
+    import jax  # pylint: disable=unused-import
+  else:
+    import torch  # pylint: disable=unused-import
+  rss_import = _rss_mb()
+  t0 = time.perf_counter()
+  run = (_jax_runner(config, conv_method) if framework == 'jax'
+         else _torch_runner(config))
+  for _ in range(2):
+    run()
+  print(json.dumps({'ready': True, 'setup_s': time.perf_counter() - t0}),
+        flush=True)
+  for line in sys.stdin:
+    if line.strip() != 'RUN':
+      break
+    t = time.perf_counter()
+    run()
+    print(json.dumps({'ms': (time.perf_counter() - t) * 1e3}), flush=True)
+  print(json.dumps({'peak_rss_mb': _rss_mb(),
+                    'rss_after_import_mb': rss_import}), flush=True)
+
+
+# ----------------------------------------------------------------------------
+# Parent: interleave the two workers of each configuration.
+# ----------------------------------------------------------------------------
+
+
+class _Worker:
+
+  def __init__(self, framework, config, conv_method, extra_env=None):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env.update(extra_env or {})
+    env['PYTHONPATH'] = repo + os.pathsep + env.get('PYTHONPATH', '')
+    self.proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), f'--worker={framework}',
+         f'--configs={config}', f'--jax_conv={conv_method}'],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+  def _read(self):
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f'worker died (rc={self.proc.wait()})')
+    return json.loads(line)
+
+  def ready(self):
+    return self._read()
+
+  def run(self) -> float:
+    self.proc.stdin.write('RUN\n')
+    self.proc.stdin.flush()
+    return self._read()['ms']
+
+  def close(self):
+    self.proc.stdin.write('QUIT\n')
+    self.proc.stdin.flush()
+    out = self._read()
+    self.proc.wait()
+    return out
+
+
+def _median(xs):
+  xs = sorted(xs)
+  n = len(xs)
+  return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
+def compare(config: str, repeats: int, conv_method: str) -> dict:
+  load_before = os.getloadavg()[0]
+  # Set up one after the other (compilation must not overlap timing).
+  jw = _Worker('jax', config, conv_method)
+  jax_setup = jw.ready()['setup_s']
+  tw = _Worker('torch', config, conv_method)
+  torch_setup = tw.ready()['setup_s']
+  jax_ms, torch_ms = [], []
+  for i in range(repeats):
+    order = (jw, tw) if i % 2 == 0 else (tw, jw)
+    for w in order:
+      (jax_ms if w is jw else torch_ms).append(w.run())
+  jmem, tmem = jw.close(), tw.close()
+  j, t = _median(jax_ms), _median(torch_ms)
+  if config == 'train_step':
+    unit, work = 'patches/s', BATCH
+  else:
+    unit, work = 'MP/s', SHAPES[config][0] * SHAPES[config][1] / 1e6
+  return {
+      'jax_ms': j, 'torch_ms': t, 'speedup': t / j,
+      'jax_throughput': work / (j / 1e3), 'torch_throughput': work / (t / 1e3),
+      'throughput_unit': unit,
+      'jax_ms_all': jax_ms, 'torch_ms_all': torch_ms,
+      'jax_peak_rss_mb': jmem['peak_rss_mb'],
+      'torch_peak_rss_mb': tmem['peak_rss_mb'],
+      'jax_rss_after_import_mb': jmem['rss_after_import_mb'],
+      'torch_rss_after_import_mb': tmem['rss_after_import_mb'],
+      'jax_setup_s': jax_setup, 'torch_setup_s': torch_setup,
+      'jax_conv': conv_method,
+      'loadavg_1m_before': load_before, 'loadavg_1m_after': os.getloadavg()[0],
+  }
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--repeats', type=int, default=5)
+  p.add_argument('--json_out', default=None)
+  p.add_argument('--configs', default=','.join(CONFIGS))
+  p.add_argument('--jax_conv', default='auto',
+                 help="vdsr_jax.conv.METHOD for the JAX side ('auto': the "
+                      "library default).")
+  p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  if args.worker:
+    worker(args.worker, args.configs, args.jax_conv)
+    return
+  configs = [c for c in args.configs.split(',') if c]
+  for c in configs:
+    if c not in CONFIGS:
+      p.error(f'unknown config {c!r}; choose from {CONFIGS}')
+  results = {'machine': {'cpus': os.cpu_count(),
+                         'python': sys.version.split()[0]},
+             'repeats': args.repeats}
+  print(f'{"config":12s} {"jax ms":>9s} {"torch ms":>9s} {"speedup":>8s} '
+        f'{"jax thr":>10s} {"torch thr":>10s} {"jax MB":>7s} {"torch MB":>8s} '
+        f'{"load":>9s}')
+  for c in configs:
+    r = compare(c, args.repeats, args.jax_conv)
+    results[c] = r
+    print(f'{c:12s} {r["jax_ms"]:9.1f} {r["torch_ms"]:9.1f} '
+          f'{r["speedup"]:7.2f}x {r["jax_throughput"]:10.2f} '
+          f'{r["torch_throughput"]:10.2f} {r["jax_peak_rss_mb"]:7.0f} '
+          f'{r["torch_peak_rss_mb"]:8.0f} '
+          f'{r["loadavg_1m_before"]:4.1f}/{r["loadavg_1m_after"]:<4.1f}'
+          f'  ({r["throughput_unit"]})', flush=True)
+  if args.json_out:
+    with open(args.json_out, 'w') as f:
+      json.dump(results, f, indent=2)
+
+
+if __name__ == '__main__':
+  main()

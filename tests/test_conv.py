@@ -1,0 +1,150 @@
+"""Numerics of every 3x3 convolution path against a float64 reference."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vdsr_jax import conv
+from vdsr_jax import models
+
+
+def _conv64(x, w):
+  """float64 numpy 'SAME' 3x3 correlation, NHWC x HWIO."""
+  n, h, wd, _ = x.shape
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return sum(xp[:, i:i + h, j:j + wd] @ w[i, j] for i in range(3)
+             for j in range(3))
+
+
+def _conv64_vjp(x, w, dy):
+  """float64 gradients (dx, dw) of sum(conv(x, w) * dy)."""
+  n, h, wd, _ = x.shape
+  dx = _conv64(dy, np.transpose(w[::-1, ::-1], (0, 1, 3, 2)))
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  dw = np.stack([np.stack([
+      np.einsum('nhwc,nhwo->co', xp[:, i:i + h, j:j + wd], dy)
+      for j in range(3)]) for i in range(3)])
+  return dx, dw
+
+
+def _rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def _data(shape, cout, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal(shape)
+  w = rng.standard_normal((3, 3, shape[-1], cout)) / np.sqrt(9 * shape[-1])
+  dy = rng.standard_normal(shape[:-1] + (cout,))
+  return x, w, dy
+
+
+@pytest.mark.parametrize('method', conv.METHODS)
+@pytest.mark.parametrize('shape,cout', [((2, 7, 9, 5), 6),
+                                        ((1, 5, 4, 3), 1),
+                                        ((3, 6, 6, 1), 4)])
+def test_matches_float64_reference(method, shape, cout):
+  x, w, dy = _data(shape, cout)
+  f = jax.jit(lambda x, w: conv.conv3x3(x, w, method=method))
+  y, vjp = jax.vjp(f, jnp.float32(x), jnp.float32(w))
+  dx, dw = vjp(jnp.float32(dy))
+  assert y.dtype == jnp.float32 and y.shape == dy.shape
+  ref_dx, ref_dw = _conv64_vjp(x, w, dy)
+  assert _rel(y, _conv64(x, w)) < 1e-4
+  assert _rel(dx, ref_dx) < 1e-3
+  assert _rel(dw, ref_dw) < 1e-3
+
+
+@pytest.mark.parametrize('method', ['shift', 'winograd2', 'winograd4'])
+def test_vdsr_sized_layer(method):
+  # Odd 41x41 patches, VDSR's hidden width; F(4x4) is the least accurate.
+  cout = 1 if method == 'shift' else 64
+  x, w, _ = _data((2, 41, 41, 64), cout, seed=1)
+  x = np.maximum(x, 0)
+  y = jax.jit(lambda x, w: conv.conv3x3(x, w, method=method))(
+      jnp.float32(x), jnp.float32(w))
+  assert _rel(y, _conv64(x, w)) < 1e-5
+
+
+def test_bias_and_vmap():
+  x, w, _ = _data((4, 2, 5, 6, 3), 2)
+  b = np.arange(2.0)
+  f = jax.vmap(lambda x: conv.conv3x3(x, jnp.float32(w), jnp.float32(b),
+                                      method='shift'))
+  y = jax.jit(f)(jnp.float32(x))
+  ref = np.stack([_conv64(xi, w) + b for xi in x])
+  assert _rel(y, ref) < 1e-4
+
+
+def test_auto_method_choice(monkeypatch):
+  assert conv.resolve_method(64, 64, 'auto') == 'lax'
+  assert conv.resolve_method(1, 64, 'auto') == 'lax'
+  assert conv.resolve_method(64, 1, 'auto') == (
+      'shift' if jax.default_backend() == 'cpu' else 'lax')
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert conv.resolve_method(64, 1, 'auto') == 'lax'
+  assert conv.resolve_method(64, 1, 'winograd2') == 'winograd2'
+  with pytest.raises(ValueError, match='Unknown conv method'):
+    conv.conv3x3(jnp.ones((1, 3, 3, 1)), jnp.ones((3, 3, 1, 1)),
+                 method='nope')
+
+
+def test_conv3x3_module_is_nn_conv():
+  x = jnp.asarray(np.random.default_rng(0).random((2, 6, 7, 3)), jnp.float32)
+  ours = conv.Conv3x3(features=4, bias_init=nn.initializers.normal(1.0))
+  theirs = nn.Conv(4, (3, 3), padding='SAME',
+                   bias_init=nn.initializers.normal(1.0))
+  p_ours = ours.init(jax.random.PRNGKey(0), x)
+  p_theirs = theirs.init(jax.random.PRNGKey(0), x)
+  jax.tree.map(np.testing.assert_array_equal, p_ours, p_theirs)
+  np.testing.assert_allclose(ours.apply(p_ours, x), theirs.apply(p_ours, x),
+                             rtol=1e-5, atol=1e-5)
+
+
+def _vdsr64(params, x, mask, target):
+  """float64 numpy VDSR: output and gradients of mean((out - target)^2)."""
+  n = len(params)
+  ws = [np.float64(params[f'conv{i}']['kernel']) for i in range(n)]
+  bs = [np.float64(params[f'conv{i}']['bias']) for i in range(n)]
+  acts, pres = [x], []
+  for i in range(n):
+    pre = _conv64(acts[-1], ws[i]) + bs[i]
+    pres.append(pre)
+    if i < n - 1:
+      acts.append(np.maximum(pre, 0) * mask)
+  out = x + pres[-1]
+  dh = 2 * (out - target) / out.size
+  grads = {}
+  for i in reversed(range(n)):
+    da, dw = _conv64_vjp(acts[i], ws[i], dh)
+    grads[f'conv{i}'] = {'kernel': dw, 'bias': dh.sum(axis=(0, 1, 2))}
+    if i > 0:
+      dh = da * mask * (pres[i - 1] > 0)
+  return out, grads
+
+
+@pytest.mark.parametrize('method', ['auto', 'lax', 'shift', 'winograd2'])
+def test_vdsr_with_mask_forward_and_grad(method, monkeypatch):
+  monkeypatch.setattr(conv, 'METHOD', method)
+  model = models.VDSR(depth=4, features=16)
+  params = models.init_params(jax.random.PRNGKey(0), model, 9)
+  params = jax.tree.map(lambda p: p + 0.01, params)
+  rng = np.random.default_rng(2)
+  x = rng.random((2, 11, 13, 1))
+  mask = np.ones_like(x)
+  mask[:, 9:] = 0
+  mask[:, :, 10:] = 0
+  ref_out, ref_grads = _vdsr64(params, x, mask, 0.5)
+
+  def loss(p):
+    out = model.apply({'params': p}, jnp.float32(x), jnp.float32(mask))
+    return jnp.mean(jnp.square(out - 0.5)), out
+
+  grads, out = jax.jit(jax.grad(loss, has_aux=True))(params)
+  assert _rel(out, ref_out) < 1e-4
+  for k in params:
+    for name in ('kernel', 'bias'):
+      assert _rel(grads[k][name], ref_grads[k][name]) < 1e-3, (k, name)
