@@ -1,0 +1,57 @@
+r"""Prints the README's results table (markdown) from evaluation JSON files.
+
+  python experiments/results_table.py \
+      --rows="bicubic (ours)=experiments/results/bicubic.json,authors' weights (ours)=experiments/results/authors_weights.json"
+
+Each JSON is what `experiments/evaluate.py --json_out` writes. The paper's
+Table 3 (bicubic and VDSR rows) is added from --paper_table.
+"""
+
+import json
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+
+try:
+  import vdsr_jax  # pylint: disable=unused-import
+except ImportError:
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from vdsr_jax import evaluation  # pylint: disable=g-import-not-at-top
+
+_ROWS = flags.DEFINE_list('rows', [], 'label=path.json pairs, in order.')
+_PAPER = flags.DEFINE_string('paper_table', None,
+                             'paper_table3.csv (default: beside the data).')
+_DATASETS = flags.DEFINE_list('datasets', list(evaluation.BENCHMARKS),
+                              'Column groups.')
+_SCALES = flags.DEFINE_list('scales', ['2', '3', '4'], 'Scales.')
+
+
+def _cell(r):
+  return f'{r["psnr"]:.2f} / {r["ssim"]:.4f}' if r else 'n/a'
+
+
+def main(argv):
+  del argv
+  paper = evaluation.load_paper_table(_PAPER.value)
+  rows = []
+  for item in _ROWS.value:
+    label, _, path = item.partition('=')
+    rows.append((label, json.loads(pathlib.Path(path).read_text())))
+  for method in ('bicubic', 'vdsr'):
+    table = {d: {s: {'psnr': paper[(d, int(s))][f'{method}_psnr'],
+                     'ssim': paper[(d, int(s))][f'{method}_ssim']}
+                 for s in _SCALES.value} for d in _DATASETS.value}
+    rows.append((f'{method} (paper)', table))
+  print('| dataset | scale | ' + ' | '.join(label for label, _ in rows) + ' |')
+  print('|---|---|' + '---|' * len(rows))
+  for d in _DATASETS.value:
+    for s in _SCALES.value:
+      cells = [_cell(res.get(d, {}).get(s)) for _, res in rows]
+      print(f'| {d} | x{s} | ' + ' | '.join(cells) + ' |')
+
+
+if __name__ == '__main__':
+  app.run(main)
