@@ -133,6 +133,7 @@ class Reporter:
     self._tb.flush()
 
   def close(self) -> None:
+    """Flushes and closes the metrics file and the TensorBoard writer."""
     if self._tb is not None:
       self._tb.close()
       self._tb = None

@@ -128,6 +128,7 @@ class TrainConfig:
                                        self.decay_boundaries)
 
   def pipeline_config(self) -> input_pipeline.PipelineConfig:
+    """The input pipeline settings of this run."""
     return input_pipeline.PipelineConfig(
         patch_size=self.patch_size, batch_size=self.batch_size,
         scales=self.scales, augment=self.augment,
@@ -219,16 +220,19 @@ class TrainState:
   rng: jax.Array  # raw uint32 key; reserved for stochastic extensions
 
   def to_dict(self) -> Dict[str, Any]:
+    """The state as a plain dict (what the checkpoint stores)."""
     return {'step': self.step, 'params': self.params,
             'opt_state': self.opt_state, 'rng': self.rng}
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> 'TrainState':
+    """Inverse of `to_dict`."""
     return cls(step=d['step'], params=d['params'], opt_state=d['opt_state'],
                rng=d['rng'])
 
 
 def create_model(config: TrainConfig) -> models.VDSR:
+  """The VDSR module of `config` (depth, features, residual)."""
   return models.VDSR(depth=config.depth, features=config.features,
                      residual=config.residual)
 
@@ -377,6 +381,7 @@ def parse_flags_file(text: str) -> Dict[str, str]:
 
 
 def architecture(config: TrainConfig) -> Dict[str, Any]:
+  """The fields a checkpoint must agree with to be resumed."""
   return {name: getattr(config, name) for name in ARCHITECTURE}
 
 
@@ -419,6 +424,7 @@ def initialize_distributed(config: TrainConfig) -> None:
 
 
 def load_train_images(config: TrainConfig) -> list:
+  """The training images (uint8 arrays) of `config.train_dataset`."""
   from vdsr_jax import datasets  # pylint: disable=g-import-not-at-top
   source = datasets.load(config.train_dataset, data_dir=config.data_dir,
                          tfds_dir=config.tfds_dir)
@@ -429,6 +435,7 @@ def load_train_images(config: TrainConfig) -> list:
 
 
 def load_eval_images(config: TrainConfig) -> Dict[str, list]:
+  """{'set5': [uint8 HR images]} for the periodic evaluation."""
   from vdsr_jax import datasets  # pylint: disable=g-import-not-at-top
   source = datasets.load('set5', data_dir=config.data_dir,
                          tfds_dir=config.tfds_dir)
