@@ -71,3 +71,15 @@ def test_check_params_rejects_wrong_structure():
   params = models.init_params(jax.random.PRNGKey(0),
                               models.VDSR(depth=3, features=4), 9)
   assert weights.check_params({'params': params}) is params
+
+
+def test_orbax_checkpoint_by_relative_path(tmp_path, monkeypatch):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  params = models.init_params(jax.random.PRNGKey(0),
+                              models.VDSR(depth=3, features=4), 9)
+  ocp.PyTreeCheckpointer().save(tmp_path / 'run' / 'checkpoints' / '7' /
+                                'state', {'params': params})
+  monkeypatch.chdir(tmp_path)
+  loaded = weights.load_params('run')  # a workdir given relative to the cwd
+  np.testing.assert_array_equal(loaded['conv1']['kernel'],
+                                params['conv1']['kernel'])

@@ -106,7 +106,8 @@ def find_step_dir(path) -> pathlib.Path:
   Raises:
     weights.WeightsError: no checkpoint is there.
   """
-  path = pathlib.Path(path).expanduser()
+  # orbax needs absolute paths: a relative one reads back no metadata.
+  path = pathlib.Path(path).expanduser().absolute()
   if not path.is_dir():
     raise weights_lib.WeightsError(f'No such checkpoint directory: {path}')
   if (path / 'state').is_dir():
