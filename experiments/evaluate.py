@@ -58,10 +58,15 @@ def _write_json_atomically(obj, path: str) -> None:
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, suffix='.tmp')
-  with os.fdopen(fd, 'w') as f:
-    json.dump(obj, f, indent=2)
-    f.write('\n')
-  os.replace(tmp, path)
+  try:
+    with os.fdopen(fd, 'w') as f:
+      json.dump(obj, f, indent=2)
+      f.write('\n')
+    os.replace(tmp, path)
+  except BaseException:  # Leave no half-written temp file behind.
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
 
 
 def _paper_table():
