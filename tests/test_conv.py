@@ -8,6 +8,7 @@ import pytest
 
 from vdsr_jax import conv
 from vdsr_jax import models
+from vdsr_jax.native import dnnl
 
 
 def _conv64(x, w):
@@ -58,7 +59,7 @@ def test_matches_float64_reference(method, shape, cout):
   assert _rel(dw, ref_dw) < 1e-3
 
 
-@pytest.mark.parametrize('method', ['shift', 'winograd2', 'winograd4'])
+@pytest.mark.parametrize('method', ['dnnl', 'shift', 'winograd2', 'winograd4'])
 def test_vdsr_sized_layer(method):
   # Odd 41x41 patches, VDSR's hidden width; F(4x4) is the least accurate.
   cout = 1 if method == 'shift' else 64
@@ -69,21 +70,38 @@ def test_vdsr_sized_layer(method):
   assert _rel(y, _conv64(x, w)) < 1e-5
 
 
-def test_bias_and_vmap():
+@pytest.mark.parametrize('method', ['shift', 'dnnl'])
+def test_bias_and_vmap(method):
   x, w, _ = _data((4, 2, 5, 6, 3), 2)
   b = np.arange(2.0)
   f = jax.vmap(lambda x: conv.conv3x3(x, jnp.float32(w), jnp.float32(b),
-                                      method='shift'))
+                                      method=method))
   y = jax.jit(f)(jnp.float32(x))
   ref = np.stack([_conv64(xi, w) + b for xi in x])
   assert _rel(y, ref) < 1e-4
 
 
+def test_native_kernels_are_built():
+  # .ci/run and the README's install build them; 'auto' relies on them.
+  assert dnnl.available(), (
+      f'{dnnl.LIBRARY} missing: run `python -m vdsr_jax.native.build`.')
+  # oneDNN's optimised kernels, not its slow reference implementation.
+  for info in dnnl.impl_info(64, 41, 41, 64, 64).split('|'):
+    assert 'ref' not in info, info
+
+
 def test_auto_method_choice(monkeypatch):
+  on_cpu = jax.default_backend() == 'cpu'
+  assert conv.resolve_method(64, 64, 'auto') == ('dnnl' if on_cpu else 'lax')
+  assert conv.resolve_method(64, 1, 'auto') == ('dnnl' if on_cpu else 'lax')
+  # oneDNN is float32 only; other dtypes keep XLA's paths.
+  assert conv.resolve_method(64, 64, 'auto', jnp.bfloat16) == 'lax'
+  assert conv.resolve_method(64, 1, 'auto', jnp.bfloat16) == (
+      'shift' if on_cpu else 'lax')
+  # Without the built kernels, 'auto' falls back to XLA's paths.
+  monkeypatch.setattr(dnnl, 'available', lambda: False)
   assert conv.resolve_method(64, 64, 'auto') == 'lax'
-  assert conv.resolve_method(1, 64, 'auto') == 'lax'
-  assert conv.resolve_method(64, 1, 'auto') == (
-      'shift' if jax.default_backend() == 'cpu' else 'lax')
+  assert conv.resolve_method(64, 1, 'auto') == ('shift' if on_cpu else 'lax')
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   assert conv.resolve_method(64, 1, 'auto') == 'lax'
   assert conv.resolve_method(64, 1, 'winograd2') == 'winograd2'
@@ -126,7 +144,8 @@ def _vdsr64(params, x, mask, target):
   return out, grads
 
 
-@pytest.mark.parametrize('method', ['auto', 'lax', 'shift', 'winograd2'])
+@pytest.mark.parametrize('method', ['auto', 'lax', 'dnnl', 'shift',
+                                    'winograd2'])
 def test_vdsr_with_mask_forward_and_grad(method, monkeypatch):
   monkeypatch.setattr(conv, 'METHOD', method)
   model = models.VDSR(depth=4, features=16)
@@ -148,3 +167,11 @@ def test_vdsr_with_mask_forward_and_grad(method, monkeypatch):
   for k in params:
     for name in ('kernel', 'bias'):
       assert _rel(grads[k][name], ref_grads[k][name]) < 1e-3, (k, name)
+
+
+def test_dnnl_errors():
+  with pytest.raises(TypeError, match='float32 only'):
+    dnnl.conv3x3(jnp.ones((1, 4, 4, 2), jnp.bfloat16),
+                 jnp.ones((3, 3, 2, 2), jnp.bfloat16))
+  with pytest.raises(ValueError, match=r'\(3, 3, Cin, Cout\)'):
+    dnnl.conv3x3(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 3, 2)))

@@ -4,15 +4,21 @@
 layer at trace time (`resolve_method`), from `METHOD` and
 `jax.default_backend()`:
 
-  'lax'    XLA's convolution (lax.conv_general_dilated). On GPU/TPU always;
-           on CPU for the 64 -> 64 and 1 -> 64 layers, where no alternative
-           below beat it on the 2-core benchmark machine (benchmarks/
+  'dnnl'   oneDNN's convolutions as XLA FFI custom calls, forward, input
+           and weight gradients (vdsr_jax/native; built once with
+           `python -m vdsr_jax.native.build`). 'auto' uses it on CPU for
+           float32 whenever it is built: ~2.4x faster than 'lax' per
+           64 -> 64 layer on the 2-core benchmark machine (benchmarks/
            RESULTS.md).
+  'lax'    XLA's convolution (lax.conv_general_dilated). On GPU/TPU always;
+           on CPU when the oneDNN kernels are not built (for 64 -> 64 and
+           1 -> 64 layers; no jnp-level alternative below beat it).
   'shift'  one GEMM (N*H*W, Cin) @ (Cin, 9*Cout) giving every tap's
            contribution, then nine shifted adds. XLA:CPU's direct
            convolution is very slow when Cout is tiny (VDSR's last layer,
            64 -> 1: ~1 GFLOP/s); this is 3-5x faster, forward and backward.
-           'auto' uses it on CPU when Cout < MIN_GEMM_CHANNELS.
+           Without oneDNN, 'auto' uses it on CPU when Cout <
+           MIN_GEMM_CHANNELS.
   'winograd2', 'winograd4'
            Winograd F(2x2,3x3) / F(4x4,3x3) (Lavin & Gray, 2016): tile
            transforms as fused elementwise ops plus (m+2)^2 batched GEMMs,
@@ -39,10 +45,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vdsr_jax.native import dnnl
+
 # 'auto' or one of METHODS. Read at trace time: set it before the first call
 # of a jitted function (jit caches do not see later changes).
 METHOD = 'auto'
-METHODS = ('lax', 'shift', 'winograd2', 'winograd4', 'gemm',
+METHODS = ('lax', 'dnnl', 'shift', 'winograd2', 'winograd4', 'gemm',
            'lax_gemm_wgrad')
 # On CPU, 'auto' uses 'shift' for layers with fewer output channels.
 MIN_GEMM_CHANNELS = 16
@@ -221,13 +229,18 @@ def shift_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return functools.reduce(jnp.add, terms)
 
 
-def resolve_method(cin: int, cout: int, method: Optional[str] = None) -> str:
-  """The concrete method for a layer, given `METHOD` and the backend."""
+def resolve_method(cin: int, cout: int, method: Optional[str] = None,
+                   dtype: Any = jnp.float32) -> str:
+  """The concrete method for a layer, given `METHOD`, backend and dtype."""
   method = METHOD if method is None else method
   if method != 'auto':
     return method
   del cin
-  if jax.default_backend() == 'cpu' and cout < MIN_GEMM_CHANNELS:
+  if jax.default_backend() != 'cpu':
+    return 'lax'
+  if jnp.dtype(dtype) == jnp.float32 and dnnl.available():
+    return 'dnnl'
+  if cout < MIN_GEMM_CHANNELS:
     return 'shift'
   return 'lax'
 
@@ -246,9 +259,11 @@ def conv3x3(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None,
     (N, H, W, Cout).
   """
   kernel = kernel.astype(x.dtype)
-  method = resolve_method(x.shape[-1], kernel.shape[-1], method)
+  method = resolve_method(x.shape[-1], kernel.shape[-1], method, x.dtype)
   if method == 'lax':
     y = lax_conv3x3(x, kernel)
+  elif method == 'dnnl':
+    y = dnnl.conv3x3(x, kernel)
   elif method == 'shift':
     y = shift_conv3x3(x, kernel)
   elif method == 'gemm':

@@ -1,0 +1,85 @@
+r"""Builds the oneDNN convolution kernels: `python -m vdsr_jax.native.build`.
+
+Compiles dnnl_conv.cc against JAX's XLA FFI headers (`jax.ffi.include_dir()`)
+and the oneDNN headers and library of the `onednn-devel-cpu-gomp` wheel
+(installed under `sys.prefix`), into `_dnnl_conv.so` next to this file. The
+file is written under a temporary name and renamed, so a failed build
+leaves no partial library behind.
+"""
+
+import argparse
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+HERE = pathlib.Path(__file__).resolve().parent
+SOURCE = HERE / 'dnnl_conv.cc'
+LIBRARY = HERE / '_dnnl_conv.so'
+
+
+class BuildError(RuntimeError):
+  """The native kernels could not be built; the message says why."""
+
+
+def onednn_prefix() -> pathlib.Path:
+  """The prefix holding include/oneapi/dnnl/dnnl.hpp and lib/libdnnl.so."""
+  for prefix in (pathlib.Path(sys.prefix), pathlib.Path(sys.base_prefix)):
+    if ((prefix / 'include/oneapi/dnnl/dnnl.hpp').is_file() and
+        (prefix / 'lib/libdnnl.so').exists()):
+      return prefix
+  raise BuildError(
+      f'oneDNN headers/library not found under {sys.prefix}: expected '
+      'include/oneapi/dnnl/dnnl.hpp and lib/libdnnl.so. Install them with '
+      '`pip install onednn-devel-cpu-gomp==2023.2.0` (in requirements.txt).')
+
+
+def build(output: pathlib.Path = LIBRARY, compiler: str = 'g++',
+          verbose: bool = False) -> pathlib.Path:
+  """Compiles the kernels into `output` (atomically) and returns its path."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if shutil.which(compiler) is None:
+    raise BuildError(f'C++ compiler {compiler!r} not found on PATH; install '
+                     'one (e.g. `apt-get install g++`) or pass --compiler.')
+  prefix = onednn_prefix()
+  output = pathlib.Path(output)
+  fd, tmp = tempfile.mkstemp(suffix='.so.tmp', dir=output.parent)
+  os.close(fd)
+  cmd = [compiler, '-O2', '-std=c++17', '-shared', '-fPIC', '-w',
+         str(SOURCE), f'-I{jax.ffi.include_dir()}', f'-I{prefix / "include"}',
+         f'-L{prefix / "lib"}', '-ldnnl', f'-Wl,-rpath,{prefix / "lib"}',
+         '-o', tmp]
+  if verbose:
+    print(' '.join(cmd))
+  try:
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+      raise BuildError(f'{compiler} failed (exit {result.returncode}):\n'
+                       f'{result.stderr[-4000:]}')
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, output)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return output
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--output', default=str(LIBRARY))
+  parser.add_argument('--compiler', default=os.environ.get('CXX', 'g++'))
+  parser.add_argument('--verbose', action='store_true')
+  args = parser.parse_args(argv)
+  try:
+    path = build(pathlib.Path(args.output), args.compiler, args.verbose)
+  except BuildError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(f'built {path}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
