@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from vdsr_jax import checkpointing
+from vdsr_jax import conv
 from vdsr_jax import input_pipeline
 from vdsr_jax import reporting
 from vdsr_jax import train
@@ -85,6 +86,12 @@ def test_smoke_run_writes_everything(tmp_path):
   assert set(evals[-1]['results']['set5']) == {'2', '3', '4'}
   assert set(evals[-1]['psnr']) == {'set5/x2', 'set5/x3', 'set5/x4'}
   assert out['eval'] == evals[-1]['results']
+  sessions = [r for r in records if r['kind'] == 'session']
+  assert [r['step'] for r in sessions] == [0]
+  # Trained from this checkout (the tests run inside the repository).
+  assert len(sessions[0]['git_commit']) == 40
+  assert sessions[0]['conv'] == conv.resolve_method(8, 8)
+  assert sessions[0]['devices'] == 1 and sessions[0]['processes'] == 1
 
   assert (tmp_path / 'curves.png').stat().st_size > 0
   assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
@@ -145,6 +152,9 @@ def test_interrupt_then_resume_is_bit_identical(tmp_path, monkeypatch):
   _assert_same_params(straight['params'], resumed['params'])
   assert ([r['loss'] for r in _train_records(workdir)] ==
           [r['loss'] for r in _train_records(tmp_path / 'straight')])
+  # One session record per start: the first run and the resumption.
+  assert [r['step'] for r in reporting.read_metrics(workdir)
+          if r['kind'] == 'session'] == [0, 4]
 
 
 class _NaNAt:

@@ -6,6 +6,9 @@
   previous record, lr is the rate of the last of them and `step` counts
   finished updates. Evaluation records: {"kind": "eval", "step", "time",
   "results": {"set5": {"2": {"psnr", "ssim"}, ...}}, "psnr": {"set5/x2": ...}}.
+  Each start or resume adds {"kind": "session", "step", "time", "git_commit",
+  "git_dirty", "conv", "platform", "devices", "processes"}: which code and
+  hardware trained each stretch of a run that spans several sessions.
 * `workdir/tensorboard/`: the same scalars as TensorBoard events (written
   with tensorboardX; TensorFlow is not needed).
 * `workdir/curves.png`: loss and PSNR against step (`plot_curves`).
@@ -18,6 +21,7 @@ interrupted run) are dropped so the file describes one consistent run.
 import json
 import math
 import pathlib
+import subprocess
 import sys
 import time
 from typing import Any, Dict, List, Mapping, Optional
@@ -64,6 +68,25 @@ def flat_psnr(results: Mapping[str, Mapping[str, Mapping[str, float]]]
   """{'set5': {'2': {'psnr': p}}} -> {'set5/x2': p}."""
   return {f'{name}/x{s}': r['psnr'] for name, by_scale in results.items()
           for s, r in by_scale.items()}
+
+
+def git_state(path=None) -> Dict[str, Any]:
+  """{'git_commit': sha or None, 'git_dirty': bool or None} of `path`'s repo.
+
+  `path` defaults to this package's folder (the code that trains). None when
+  it is not inside a git checkout (an installed package) or git is missing.
+  """
+  path = pathlib.Path(path or __file__).resolve()
+  cwd = path if path.is_dir() else path.parent
+  try:
+    sha = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=cwd, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
+                           cwd=cwd, check=True, capture_output=True,
+                           text=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return {'git_commit': None, 'git_dirty': None}
+  return {'git_commit': sha, 'git_dirty': bool(dirty)}
 
 
 def _summary_writer_class():
@@ -117,6 +140,13 @@ class Reporter:
     for name, value in scalars.items():
       self._tb.add_scalar(f'train/{name}', float(value), int(step))
     self._tb.flush()
+
+  def write_session(self, step: int, info: Mapping[str, Any]) -> None:
+    """Logs the start (step 0) or resumption of training at `step`."""
+    if not self.enabled:
+      return
+    self._append({'kind': 'session', 'step': int(step), 'time': time.time(),
+                  **git_state(), **info})
 
   def write_eval(self, step: int, results: Mapping[str, Any]) -> None:
     """Logs evaluation results {dataset: {scale: {'psnr', 'ssim'}}}."""

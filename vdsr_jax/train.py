@@ -45,6 +45,7 @@ import optax
 import tqdm
 
 from vdsr_jax import checkpointing
+from vdsr_jax import conv
 from vdsr_jax import input_pipeline
 from vdsr_jax import models
 from vdsr_jax import optimizers
@@ -553,6 +554,11 @@ class _Run:
       raise ConfigError(str(e)) from None
     self.reporter = reporting.Reporter(workdir, start_step=start,
                                        enabled=self.primary)
+    self.reporter.write_session(start, {
+        'conv': conv.resolve_method(config.features, config.features),
+        'platform': mesh.devices.flat[0].platform,
+        'devices': int(mesh.devices.size),
+        'processes': jax.process_count()})
     self.bar = tqdm.tqdm(total=config.total_steps, initial=start, unit='step',
                          dynamic_ncols=True,
                          disable=not (self.primary and config.progress))
