@@ -8,6 +8,7 @@ import pytest
 
 from vdsr_jax import conv
 from vdsr_jax import models
+from vdsr_jax.native import build
 from vdsr_jax.native import dnnl
 
 
@@ -175,3 +176,27 @@ def test_dnnl_errors():
                  jnp.ones((3, 3, 2, 2), jnp.bfloat16))
   with pytest.raises(ValueError, match=r'\(3, 3, Cin, Cout\)'):
     dnnl.conv3x3(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 3, 2)))
+
+
+def test_native_build_writes_library_and_stamp(tmp_path):
+  out = build.build(tmp_path / 'k.so')
+  assert out.stat().st_size > 0 and not list(tmp_path.glob('*.tmp'))
+  assert (tmp_path / 'k.so.sha256').read_text().strip() == build.source_hash()
+  with pytest.raises(build.BuildError, match='not found on PATH'):
+    build.build(tmp_path / 'other.so', compiler='no-such-compiler')
+  assert not (tmp_path / 'other.so').exists()
+
+
+def test_native_stale_or_broken_library_is_refused(tmp_path):
+  stale = tmp_path / 'stale.so'
+  stale.write_bytes(dnnl.LIBRARY.read_bytes())
+  with pytest.raises(RuntimeError, match='another version'):
+    dnnl._library(str(stale))  # no stamp
+  (tmp_path / 'stale.so.sha256').write_text('0' * 64)
+  with pytest.raises(RuntimeError, match='another version.*Rebuild'):
+    dnnl._library(str(stale))
+  broken = tmp_path / 'broken.so'
+  broken.write_bytes(b'not a shared library')
+  (tmp_path / 'broken.so.sha256').write_text(build.source_hash())
+  with pytest.raises(RuntimeError, match='could not be loaded.*Rebuild'):
+    dnnl._library(str(broken))

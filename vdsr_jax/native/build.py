@@ -4,10 +4,12 @@ Compiles dnnl_conv.cc against JAX's XLA FFI headers (`jax.ffi.include_dir()`)
 and the oneDNN headers and library of the `onednn-devel-cpu-gomp` wheel
 (installed under `sys.prefix`), into `_dnnl_conv.so` next to this file. The
 file is written under a temporary name and renamed, so a failed build
-leaves no partial library behind.
+leaves no partial library behind; `_dnnl_conv.so.sha256` records the
+source it was built from, so a stale build is refused at load time.
 """
 
 import argparse
+import hashlib
 import os
 import pathlib
 import shutil
@@ -18,6 +20,12 @@ import tempfile
 HERE = pathlib.Path(__file__).resolve().parent
 SOURCE = HERE / 'dnnl_conv.cc'
 LIBRARY = HERE / '_dnnl_conv.so'
+# sha256 of the source the library was built from, written beside it.
+STAMP = HERE / '_dnnl_conv.so.sha256'
+
+
+def source_hash() -> str:
+  return hashlib.sha256(SOURCE.read_bytes()).hexdigest()
 
 
 class BuildError(RuntimeError):
@@ -59,6 +67,8 @@ def build(output: pathlib.Path = LIBRARY, compiler: str = 'g++',
       raise BuildError(f'{compiler} failed (exit {result.returncode}):\n'
                        f'{result.stderr[-4000:]}')
     os.chmod(tmp, 0o755)
+    stamp = pathlib.Path(str(output) + '.sha256')
+    stamp.write_text(source_hash() + '\n')
     os.replace(tmp, output)
   finally:
     if os.path.exists(tmp):

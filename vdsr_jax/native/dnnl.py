@@ -9,6 +9,7 @@ VDSR's 64 -> 64 layers on 41x41 patches (benchmarks/RESULTS.md).
 
 import ctypes
 import functools
+import hashlib
 import logging
 import pathlib
 from typing import Optional
@@ -36,7 +37,17 @@ def _library(path: str) -> Optional[ctypes.CDLL]:
         'slower training). Build them with `python -m vdsr_jax.native.build`.',
         path)
     return None
-  lib = ctypes.CDLL(path)
+  rebuild = 'Rebuild it with `python -m vdsr_jax.native.build`.'
+  source = pathlib.Path(__file__).resolve().parent / 'dnnl_conv.cc'
+  stamp = pathlib.Path(path + '.sha256')
+  built_from = stamp.read_text().strip() if stamp.is_file() else None
+  if built_from != hashlib.sha256(source.read_bytes()).hexdigest():
+    raise RuntimeError(f'{path} was built from another version of {source} '
+                       f'(or its {stamp.name} is missing). {rebuild}')
+  try:
+    lib = ctypes.CDLL(path)
+  except OSError as e:
+    raise RuntimeError(f'{path} could not be loaded ({e}). {rebuild}') from e
   for target, symbol in _TARGETS.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
                                 platform='cpu')
