@@ -86,9 +86,14 @@ def test_native_kernels_are_built():
   # .ci/run and the README's install build them; 'auto' relies on them.
   assert dnnl.available(), (
       f'{dnnl.LIBRARY} missing: run `python -m vdsr_jax.native.build`.')
-  # oneDNN's optimised kernels, not its slow reference implementation.
-  for info in dnnl.impl_info(64, 41, 41, 64, 64).split('|'):
-    assert 'ref' not in info, info
+  # oneDNN's optimised kernels, not its slow reference implementation, for
+  # VDSR's training layers and a whole-image inference layer.
+  for shape in [(64, 41, 41, 64, 64), (64, 41, 41, 1, 64),
+                (64, 41, 41, 64, 1), (1, 512, 512, 64, 64)]:
+    infos = dnnl.impl_info(*shape).split('|')
+    assert len(infos) == 4
+    for info in infos:
+      assert 'ref' not in info, (shape, info)
 
 
 def test_auto_method_choice(monkeypatch):
@@ -200,3 +205,48 @@ def test_native_stale_or_broken_library_is_refused(tmp_path):
   (tmp_path / 'broken.so.sha256').write_text(build.source_hash())
   with pytest.raises(RuntimeError, match='could not be loaded.*Rebuild'):
     dnnl._library(str(broken))
+
+
+@pytest.mark.parametrize('method', ['dnnl', 'lax', 'shift'])
+def test_fused_bias_relu_matches_reference(method):
+  x, w, dy = _data((2, 9, 11, 5), 6, seed=3)
+  b = np.linspace(-0.5, 0.5, 6)
+  f = jax.jit(lambda x, w, b: conv.conv3x3(x, w, b, method=method, relu=True))
+  y, vjp = jax.vjp(f, jnp.float32(x), jnp.float32(w), jnp.float32(b))
+  dx, dw, db = vjp(jnp.float32(dy))
+  pre = _conv64(x, w) + b
+  assert (pre < 0).mean() > 0.2  # the ReLU matters
+  g = dy * (pre > 0)
+  ref_dx, ref_dw = _conv64_vjp(x, w, g)
+  assert _rel(y, np.maximum(pre, 0)) < 1e-5
+  assert _rel(dx, ref_dx) < 1e-4
+  assert _rel(dw, ref_dw) < 1e-4
+  assert _rel(db, g.sum(axis=(0, 1, 2))) < 1e-4
+
+
+def test_fused_bias_relu_errors():
+  with pytest.raises(ValueError, match='float32 bias of shape'):
+    dnnl.conv3x3_bias_relu(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 3)),
+                           jnp.ones((2,)))
+
+
+@pytest.mark.parametrize('method', ['dnnl', 'lax'])
+def test_fused_mask_matches_reference(method):
+  x, w, dy = _data((2, 9, 11, 5), 6, seed=4)
+  b = np.linspace(-0.5, 0.5, 6)
+  mask = np.ones((2, 9, 11, 1))
+  mask[0, 6:] = 0
+  mask[1, :, 8:] = 0
+  f = jax.jit(lambda x, w, b, m: conv.conv3x3(x, w, b, method=method,
+                                               relu=True, mask=m))
+  y, vjp = jax.vjp(f, *map(jnp.float32, (x, w, b, mask)))
+  dx, dw, db, dmask = vjp(jnp.float32(dy))
+  pre = _conv64(x, w) + b
+  g = dy * (pre > 0) * mask
+  ref_dx, ref_dw = _conv64_vjp(x, w, g)
+  assert _rel(y, np.maximum(pre, 0) * mask) < 1e-5
+  assert np.all(np.asarray(y)[mask[..., 0] == 0] == 0)
+  assert _rel(dx, ref_dx) < 1e-4 and _rel(dw, ref_dw) < 1e-4
+  assert _rel(db, g.sum(axis=(0, 1, 2))) < 1e-4
+  assert not np.any(np.asarray(dmask))  # the mask is a constant
+

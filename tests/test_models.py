@@ -71,11 +71,13 @@ def test_masked_padding_changes_no_output_pixel():
   ref = inference.network_forward(params, x, bucket=None)
   padded = inference.network_forward(params, x, bucket=16)
   assert padded.shape == ref.shape
-  np.testing.assert_allclose(padded, ref, atol=1e-6)
+  # Equal up to float32 rounding (outputs here are ~100-200; oneDNN may
+  # block the sums differently for the two widths).
+  np.testing.assert_allclose(padded, ref, rtol=1e-6, atol=1e-6)
   # Without the mask the border would differ: the mask is what matters.
   xp = jnp.pad(x, ((0, 0), (0, 13), (0, 9), (0, 0)))
   leaky = model.apply({'params': params}, xp)[:, :19, :23]
-  assert np.abs(np.asarray(leaky - ref)).max() > 1e-3
+  assert np.abs(np.asarray(leaky - ref)).max() > 1.0
 
 
 def test_wrong_input_shape():

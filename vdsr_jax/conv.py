@@ -246,20 +246,30 @@ def resolve_method(cin: int, cout: int, method: Optional[str] = None,
 
 
 def conv3x3(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None,
-            method: Optional[str] = None) -> jax.Array:
-  """3x3 zero-padded convolution + bias, by the fastest path for the backend.
+            method: Optional[str] = None, relu: bool = False,
+            mask: Optional[jax.Array] = None) -> jax.Array:
+  """3x3 zero-padded convolution + bias (+ ReLU) (* mask), by the fastest path.
 
   Args:
     x: (N, H, W, Cin) activations.
     kernel: (3, 3, Cin, Cout) HWIO kernel.
     bias: optional (Cout,).
     method: override of the module-level `METHOD`.
+    relu: apply ReLU to the result; with 'dnnl' and a bias, it is fused into
+      the convolution (one memory pass less).
+    mask: optional (N, H, W, 1) 0/1 array multiplied into the result (after
+      the ReLU); a constant, no gradient flows to it.
 
   Returns:
     (N, H, W, Cout).
   """
   kernel = kernel.astype(x.dtype)
   method = resolve_method(x.shape[-1], kernel.shape[-1], method, x.dtype)
+  if mask is not None:
+    mask = jax.lax.stop_gradient(mask.astype(x.dtype))
+  if method == 'dnnl' and relu and bias is not None:
+    y = dnnl.conv3x3_bias_relu(x, kernel, bias.astype(x.dtype))
+    return y if mask is None else y * mask
   if method == 'lax':
     y = lax_conv3x3(x, kernel)
   elif method == 'dnnl':
@@ -276,26 +286,31 @@ def conv3x3(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None,
     raise ValueError(f'Unknown conv method {method!r}.')
   if bias is not None:
     y = y + bias.astype(y.dtype)
-  return y
+  if relu:
+    y = jax.nn.relu(y)
+  return y if mask is None else y * mask
 
 
 class Conv3x3(nn.Module):
   """Drop-in for `nn.Conv(features, (3, 3), padding='SAME')` via `conv3x3`.
 
   Same parameters as nn.Conv: 'kernel' (3, 3, Cin, features) HWIO and
-  'bias' (features,), float32; computes in `dtype` like nn.Conv.
+  'bias' (features,), float32; computes in `dtype` like nn.Conv. With
+  `relu=True` it is `nn.relu(nn.Conv(...)(x))`, fused where the method can.
   """
   features: int
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros
   dtype: Any = jnp.float32
   method: Optional[str] = None
+  relu: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array,
+               mask: Optional[jax.Array] = None) -> jax.Array:
     kernel = self.param('kernel', self.kernel_init,
                         (3, 3, x.shape[-1], self.features), jnp.float32)
     bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
     x = x.astype(self.dtype)
     return conv3x3(x, kernel.astype(self.dtype), bias.astype(self.dtype),
-                   self.method)
+                   self.method, self.relu, mask)

@@ -43,7 +43,7 @@ class VDSR(nn.Module):
         padding added to reach a shape bucket. Zeroing the activations there
         after every layer makes each convolution see zeros beyond the true
         border, exactly as with no padding, so padding changes no output
-        pixel inside the mask.
+        pixel inside the mask. A constant: no gradient flows to it.
 
     Returns:
       (N, H, W, 1) float32 images.
@@ -58,18 +58,15 @@ class VDSR(nn.Module):
       mask = mask.astype(self.dtype)
     for i in range(self.depth):
       last = i == self.depth - 1
-      # Same parameters and result as nn.Conv(features, (3, 3), 'SAME'), by
-      # the fastest convolution for the backend (see vdsr_jax/conv.py).
+      # Same parameters and result as nn.Conv(features, (3, 3), 'SAME') and
+      # a ReLU, by the fastest convolution for the backend (see conv.py).
       h = conv.Conv3x3(
           features=1 if last else self.features,
           kernel_init=he_normal,
           bias_init=nn.initializers.zeros,
           dtype=self.dtype,
-          name=f'conv{i}')(h)
-      if not last:
-        h = nn.relu(h)
-        if mask is not None:
-          h = h * mask
+          relu=not last,
+          name=f'conv{i}')(h, None if last else mask)
     h = h.astype(jnp.float32)
     return x.astype(jnp.float32) + h if self.residual else h
 

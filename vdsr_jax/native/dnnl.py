@@ -22,6 +22,7 @@ LIBRARY = pathlib.Path(__file__).resolve().parent / '_dnnl_conv.so'
 
 _TARGETS = {
     'vdsr_dnnl_conv_fwd': 'VdsrDnnlConvFwd',
+    'vdsr_dnnl_conv_bias_relu_fwd': 'VdsrDnnlConvBiasReluFwd',
     'vdsr_dnnl_conv_bwd_data': 'VdsrDnnlConvBwdData',
     'vdsr_dnnl_conv_bwd_weights': 'VdsrDnnlConvBwdWeights',
 }
@@ -68,7 +69,7 @@ def _lib() -> ctypes.CDLL:
 
 
 def impl_info(n: int, h: int, w: int, cin: int, cout: int) -> str:
-  """oneDNN's implementation names 'fwd|bwd_data|bwd_weights' for a shape."""
+  """oneDNN's implementation names 'fwd|bwd_data|bwd_weights|fused_fwd'."""
   buf = ctypes.create_string_buffer(1024)
   args = [ctypes.c_int64(v) for v in (n, h, w, cin, cout)]
   rc = _lib().VdsrDnnlImplInfo(*args, buf, ctypes.c_int64(len(buf)))
@@ -112,3 +113,31 @@ def _bwd(res, dy):
 
 
 conv3x3.defvjp(_fwd, _bwd)
+
+
+@jax.custom_vjp
+def conv3x3_bias_relu(x: jax.Array, kernel: jax.Array,
+                      bias: jax.Array) -> jax.Array:
+  """relu(conv3x3(x, kernel) + bias) in one oneDNN primitive (ReLU post-op)."""
+  _check(x, kernel)
+  if bias.dtype != jnp.float32 or bias.shape != kernel.shape[3:]:
+    raise ValueError(f'Expected a float32 bias of shape {kernel.shape[3:]}, '
+                     f'got {bias.dtype} {bias.shape}.')
+  return _call('vdsr_dnnl_conv_bias_relu_fwd', x.shape[:3] + kernel.shape[3:],
+               x, kernel, bias)
+
+
+def _fused_fwd(x, kernel, bias):
+  y = conv3x3_bias_relu(x, kernel, bias)
+  return y, (x, kernel, y)
+
+
+def _fused_bwd(res, dy):
+  x, kernel, y = res
+  g = jnp.where(y > 0, dy, 0.0)  # ReLU's gradient (0 at 0, as jax.nn.relu)
+  dx, dw = _bwd((x, kernel), g)
+  return dx, dw, jnp.sum(g, axis=(0, 1, 2))
+
+
+conv3x3_bias_relu.defvjp(_fused_fwd, _fused_bwd)
+
