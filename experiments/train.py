@@ -97,6 +97,10 @@ flags.DEFINE_enum('clip_mode', _D.clip_mode, optimizers.CLIP_MODES,
                   'each element (the paper), none disables it.')
 flags.DEFINE_float('clip_theta', _D.clip_theta,
                    'Clipping constant theta; the threshold is theta / lr.')
+flags.DEFINE_bool('clip_adjustable', _D.clip_adjustable,
+                  'True: the paper\'s threshold theta / lr. False: a fixed '
+                  'threshold theta (Caffe\'s clip_gradients), so steps shrink '
+                  'with every learning-rate decay.')
 flags.DEFINE_integer('total_steps', _D.total_steps,
                      'Number of updates (9960 of batch 64 = the paper\'s 80 '
                      'epochs in the public reimplementations\' accounting).')

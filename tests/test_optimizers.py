@@ -52,6 +52,22 @@ def test_global_norm_clip_threshold_follows_schedule():
   np.testing.assert_allclose(out[2]['b'], [8.0], rtol=1e-6)
 
 
+def test_fixed_clip_threshold_ignores_schedule():
+  # Fixed threshold 4 whatever the rate; same state as the adjustable one.
+  schedule = optimizers.step_decay_schedule(0.1, [2], 0.1)
+  tx = optimizers.adjustable_clip(4.0, schedule, 'global_norm',
+                                  adjustable=False)
+  params = {'a': jnp.zeros(2), 'b': jnp.zeros(1)}
+  big = {'a': jnp.array([6.0, 0.0]), 'b': jnp.array([8.0])}  # norm 10
+  out, _ = _run(tx, params, [big, big, big])
+  for o in out:  # 10 -> 4 at lr 0.1 and at lr 0.01
+    np.testing.assert_allclose(o['a'], [2.4, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(o['b'], [3.2], rtol=1e-6)
+  adjustable = optimizers.adjustable_clip(0.4, schedule, 'global_norm')
+  assert (jax.tree.structure(tx.init(params)) ==
+          jax.tree.structure(adjustable.init(params)))
+
+
 def test_value_clip_threshold_follows_schedule():
   schedule = optimizers.step_decay_schedule(0.1, [1], 0.1)
   tx = optimizers.adjustable_clip(0.4, schedule, 'value')

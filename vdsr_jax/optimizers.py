@@ -82,7 +82,8 @@ class AdjustableClipState(NamedTuple):
 
 
 def adjustable_clip(theta: float, schedule: Schedule,
-                    mode: str = 'global_norm') -> optax.GradientTransformation:
+                    mode: str = 'global_norm',
+                    adjustable: bool = True) -> optax.GradientTransformation:
   """Clips updates to theta / schedule(step) (Kim et al. 2016, Sec. 3.2).
 
   Args:
@@ -90,6 +91,9 @@ def adjustable_clip(theta: float, schedule: Schedule,
     schedule: the learning-rate schedule used by the optimiser.
     mode: 'global_norm': scale all updates by min(1, (theta/lr) / ||g||);
       'value': clip every element to [-theta/lr, theta/lr].
+    adjustable: False clips at the fixed threshold theta instead (Caffe's
+      `clip_gradients`), so the largest step lr * theta shrinks with every
+      decay. Same state either way, so a run can change it at a boundary.
 
   Returns:
     An optax transformation; a non-finite gradient stays non-finite (so the
@@ -105,7 +109,10 @@ def adjustable_clip(theta: float, schedule: Schedule,
 
   def update_fn(updates, state, params=None):
     del params
-    threshold = theta / schedule(state.count)
+    if adjustable:
+      threshold = theta / schedule(state.count)
+    else:
+      threshold = jnp.asarray(theta, jnp.float32)
     if mode == 'global_norm':
       norm = optax.tree.norm(updates)
       # threshold / 0 = inf -> factor 1; a NaN norm gives NaN updates.
@@ -133,7 +140,8 @@ def create(*, learning_rate: float, total_steps: int, decay_every: int = 0,
            boundaries: Sequence[int] = (), decay_factor: float = 0.1,
            optimizer: str = 'sgd', momentum: float = 0.9,
            weight_decay: float = 1e-4, decay_biases: bool = False,
-           clip_mode: str = 'global_norm', clip_theta: float = 0.4
+           clip_mode: str = 'global_norm', clip_theta: float = 0.4,
+           clip_adjustable: bool = True
            ) -> tuple[optax.GradientTransformation, Schedule]:
   """Builds the training optimiser (see the module docstring).
 
@@ -151,7 +159,8 @@ def create(*, learning_rate: float, total_steps: int, decay_every: int = 0,
       decay_factor)
   parts = []
   if clip_mode != 'none':
-    parts.append(adjustable_clip(clip_theta, schedule, clip_mode))
+    parts.append(adjustable_clip(clip_theta, schedule, clip_mode,
+                                 clip_adjustable))
   if weight_decay:
     parts.append(optax.add_decayed_weights(
         weight_decay, mask=lambda p: decay_mask(p, decay_biases)))

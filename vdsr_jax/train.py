@@ -98,6 +98,7 @@ class TrainConfig:
   decay_biases: bool = False
   clip_mode: str = 'global_norm'
   clip_theta: float = 0.4
+  clip_adjustable: bool = True
   total_steps: int = 9960
   decay_every: int = 0
   decay_boundaries: Tuple[int, ...] = ()
@@ -248,7 +249,7 @@ def create_optimizer(config: TrainConfig
       decay_factor=config.decay_factor, optimizer=config.optimizer,
       momentum=config.momentum, weight_decay=config.weight_decay,
       decay_biases=config.decay_biases, clip_mode=config.clip_mode,
-      clip_theta=config.clip_theta)
+      clip_theta=config.clip_theta, clip_adjustable=config.clip_adjustable)
 
 
 def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
