@@ -186,7 +186,7 @@ def test_dnnl_errors():
 def test_native_build_writes_library_and_stamp(tmp_path):
   out = build.build(tmp_path / 'k.so')
   assert out.stat().st_size > 0 and not list(tmp_path.glob('*.tmp'))
-  assert (tmp_path / 'k.so.sha256').read_text().strip() == build.source_hash()
+  assert (tmp_path / 'k.so.sha256').read_text().strip() == dnnl.source_hash()
   with pytest.raises(build.BuildError, match='not found on PATH'):
     build.build(tmp_path / 'other.so', compiler='no-such-compiler')
   assert not (tmp_path / 'other.so').exists()
@@ -202,7 +202,7 @@ def test_native_stale_or_broken_library_is_refused(tmp_path):
     dnnl._library(str(stale))
   broken = tmp_path / 'broken.so'
   broken.write_bytes(b'not a shared library')
-  (tmp_path / 'broken.so.sha256').write_text(build.source_hash())
+  (tmp_path / 'broken.so.sha256').write_text(dnnl.source_hash())
   with pytest.raises(RuntimeError, match='could not be loaded.*Rebuild'):
     dnnl._library(str(broken))
 

@@ -9,7 +9,6 @@ source it was built from, so a stale build is refused at load time.
 """
 
 import argparse
-import hashlib
 import os
 import pathlib
 import shutil
@@ -17,15 +16,7 @@ import subprocess
 import sys
 import tempfile
 
-HERE = pathlib.Path(__file__).resolve().parent
-SOURCE = HERE / 'dnnl_conv.cc'
-LIBRARY = HERE / '_dnnl_conv.so'
-# sha256 of the source the library was built from, written beside it.
-STAMP = HERE / '_dnnl_conv.so.sha256'
-
-
-def source_hash() -> str:
-  return hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+from vdsr_jax.native import dnnl  # where the source, library and stamp are
 
 
 class BuildError(RuntimeError):
@@ -44,7 +35,7 @@ def onednn_prefix() -> pathlib.Path:
       '`pip install onednn-devel-cpu-gomp==2023.2.0` (in requirements.txt).')
 
 
-def build(output: pathlib.Path = LIBRARY, compiler: str = 'g++',
+def build(output: pathlib.Path = dnnl.LIBRARY, compiler: str = 'g++',
           verbose: bool = False) -> pathlib.Path:
   """Compiles the kernels into `output` (atomically) and returns its path."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -56,7 +47,8 @@ def build(output: pathlib.Path = LIBRARY, compiler: str = 'g++',
   fd, tmp = tempfile.mkstemp(suffix='.so.tmp', dir=output.parent)
   os.close(fd)
   cmd = [compiler, '-O2', '-std=c++17', '-shared', '-fPIC', '-w',
-         str(SOURCE), f'-I{jax.ffi.include_dir()}', f'-I{prefix / "include"}',
+         str(dnnl.SOURCE), f'-I{jax.ffi.include_dir()}',
+         f'-I{prefix / "include"}',
          f'-L{prefix / "lib"}', '-ldnnl', f'-Wl,-rpath,{prefix / "lib"}',
          '-o', tmp]
   if verbose:
@@ -67,8 +59,7 @@ def build(output: pathlib.Path = LIBRARY, compiler: str = 'g++',
       raise BuildError(f'{compiler} failed (exit {result.returncode}):\n'
                        f'{result.stderr[-4000:]}')
     os.chmod(tmp, 0o755)
-    stamp = pathlib.Path(str(output) + '.sha256')
-    stamp.write_text(source_hash() + '\n')
+    dnnl.stamp_path(output).write_text(dnnl.source_hash() + '\n')
     os.replace(tmp, output)
   finally:
     if os.path.exists(tmp):
@@ -78,7 +69,7 @@ def build(output: pathlib.Path = LIBRARY, compiler: str = 'g++',
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--output', default=str(LIBRARY))
+  parser.add_argument('--output', default=str(dnnl.LIBRARY))
   parser.add_argument('--compiler', default=os.environ.get('CXX', 'g++'))
   parser.add_argument('--verbose', action='store_true')
   args = parser.parse_args(argv)

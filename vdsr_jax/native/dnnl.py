@@ -17,8 +17,20 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-# Written by `python -m vdsr_jax.native.build` (build.LIBRARY).
-LIBRARY = pathlib.Path(__file__).resolve().parent / '_dnnl_conv.so'
+_HERE = pathlib.Path(__file__).resolve().parent
+SOURCE = _HERE / 'dnnl_conv.cc'
+# Written by `python -m vdsr_jax.native.build`, with its stamp beside it.
+LIBRARY = _HERE / '_dnnl_conv.so'
+
+
+def source_hash() -> str:
+  """sha256 of dnnl_conv.cc, recorded by the build and checked on load."""
+  return hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+
+
+def stamp_path(library) -> pathlib.Path:
+  """Where the build records which source `library` was built from."""
+  return pathlib.Path(str(library) + '.sha256')
 
 _TARGETS = {
     'vdsr_dnnl_conv_fwd': 'VdsrDnnlConvFwd',
@@ -39,11 +51,10 @@ def _library(path: str) -> Optional[ctypes.CDLL]:
         path)
     return None
   rebuild = 'Rebuild it with `python -m vdsr_jax.native.build`.'
-  source = pathlib.Path(__file__).resolve().parent / 'dnnl_conv.cc'
-  stamp = pathlib.Path(path + '.sha256')
+  stamp = stamp_path(path)
   built_from = stamp.read_text().strip() if stamp.is_file() else None
-  if built_from != hashlib.sha256(source.read_bytes()).hexdigest():
-    raise RuntimeError(f'{path} was built from another version of {source} '
+  if built_from != source_hash():
+    raise RuntimeError(f'{path} was built from another version of {SOURCE} '
                        f'(or its {stamp.name} is missing). {rebuild}')
   try:
     lib = ctypes.CDLL(path)

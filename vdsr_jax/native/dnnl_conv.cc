@@ -1,6 +1,6 @@
 // 3x3 'SAME' convolutions of VDSR on CPU through oneDNN, as XLA FFI handlers.
 //
-// Three handlers, one per convolution of a training step, all float32, NHWC
+// One handler per convolution of a training step, all float32, NHWC
 // activations and HWIO kernels (the layouts of vdsr_jax.conv):
 //   VdsrDnnlConvFwd(x[N,H,W,Ci], w[3,3,Ci,Co])      -> y[N,H,W,Co]
 //   VdsrDnnlConvBwdData(dy[N,H,W,Co], w[3,3,Ci,Co]) -> dx[N,H,W,Ci]
@@ -23,6 +23,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -136,7 +137,10 @@ ffi::Error Guarded(F&& body) {
   }
 }
 
-ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+// Runs a forward primitive (plain, or with bias and ReLU when `b` is given)
+// after checking the shapes.
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                   const ffi::Buffer<ffi::F32>* b,
                    ffi::ResultBuffer<ffi::F32> y) {
   return Guarded([&]() -> ffi::Error {
     const auto xd = x.dimensions(), wd = w.dimensions();
@@ -144,51 +148,43 @@ ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
         err.failure()) {
       return err;
     }
+    if (b != nullptr &&
+        (b->dimensions().size() != 1 || b->dimensions()[0] != wd[3])) {
+      return ffi::Error::InvalidArgument(
+          "vdsr dnnl conv: expected a (Cout,) bias");
+    }
     auto p = Primitives(xd[0], xd[1], xd[2], wd[2], wd[3]);
+    const auto& pd = b != nullptr ? p->fused_pd : p->fwd_pd;
+    const auto& prim = b != nullptr ? p->fused : p->fwd;
     dnnl::stream stream(Engine());
     memory src(p->src, Engine(), const_cast<float*>(x.typed_data()));
     memory user_w(p->user_weights, Engine(), const_cast<float*>(w.typed_data()));
     memory dst(p->dst, Engine(), y->typed_data());
-    memory weights = WeightsFor(p->fwd_pd.weights_desc(), user_w, stream);
-    memory scratch = Scratchpad(p->fwd_pd.scratchpad_desc());
-    p->fwd.execute(stream, {{DNNL_ARG_SRC, src},
-                            {DNNL_ARG_WEIGHTS, weights},
-                            {DNNL_ARG_DST, dst},
-                            {DNNL_ARG_SCRATCHPAD, scratch}});
+    memory weights = WeightsFor(pd.weights_desc(), user_w, stream);
+    memory scratch = Scratchpad(pd.scratchpad_desc());
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src},
+                                         {DNNL_ARG_WEIGHTS, weights},
+                                         {DNNL_ARG_DST, dst},
+                                         {DNNL_ARG_SCRATCHPAD, scratch}};
+    if (b != nullptr) {
+      args.emplace(DNNL_ARG_BIAS, memory(p->bias, Engine(),
+                                         const_cast<float*>(b->typed_data())));
+    }
+    prim.execute(stream, args);
     stream.wait();
     return ffi::Error::Success();
   });
 }
 
+ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                   ffi::ResultBuffer<ffi::F32> y) {
+  return Forward(x, w, nullptr, y);
+}
+
 ffi::Error ConvBiasReluFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                            ffi::Buffer<ffi::F32> b,
                            ffi::ResultBuffer<ffi::F32> y) {
-  return Guarded([&]() -> ffi::Error {
-    const auto xd = x.dimensions(), wd = w.dimensions(), bd = b.dimensions();
-    if (auto err = CheckShapes(xd, wd.size() == 4 ? wd[2] : -1, wd);
-        err.failure()) {
-      return err;
-    }
-    if (bd.size() != 1 || bd[0] != wd[3]) {
-      return ffi::Error::InvalidArgument(
-          "vdsr dnnl conv: expected a (Cout,) bias");
-    }
-    auto p = Primitives(xd[0], xd[1], xd[2], wd[2], wd[3]);
-    dnnl::stream stream(Engine());
-    memory src(p->src, Engine(), const_cast<float*>(x.typed_data()));
-    memory user_w(p->user_weights, Engine(), const_cast<float*>(w.typed_data()));
-    memory bias(p->bias, Engine(), const_cast<float*>(b.typed_data()));
-    memory dst(p->dst, Engine(), y->typed_data());
-    memory weights = WeightsFor(p->fused_pd.weights_desc(), user_w, stream);
-    memory scratch = Scratchpad(p->fused_pd.scratchpad_desc());
-    p->fused.execute(stream, {{DNNL_ARG_SRC, src},
-                              {DNNL_ARG_WEIGHTS, weights},
-                              {DNNL_ARG_BIAS, bias},
-                              {DNNL_ARG_DST, dst},
-                              {DNNL_ARG_SCRATCHPAD, scratch}});
-    stream.wait();
-    return ffi::Error::Success();
-  });
+  return Forward(x, w, &b, y);
 }
 
 ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
