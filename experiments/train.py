@@ -25,7 +25,6 @@ except ImportError:  # Run from a checkout without installing.
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from vdsr_jax import datasets
 from vdsr_jax import optimizers
 from vdsr_jax import train
 from vdsr_jax import weights
@@ -50,6 +49,14 @@ flags.DEFINE_string('data_dir', None,
 flags.DEFINE_string('tfds_dir', None,
                     'Where TFDS keeps the prepared datasets. Default: '
                     '$TFDS_DATA_DIR, else ~/tensorflow_datasets.')
+flags.DEFINE_string('train_images_dir', None,
+                    'Train on the images in this folder (sorted by file name, '
+                    'read with Pillow, no TFDS) instead of --train_dataset; '
+                    'e.g. the Y planes written by '
+                    'experiments/export_luminance.py.')
+flags.DEFINE_string('eval_images_dir', None,
+                    'Evaluate periodically on the HR images in this folder '
+                    '(e.g. a copy of Set5/) instead of the set5 dataset.')
 flags.DEFINE_integer('patch_size', _D.patch_size,
                      'Side of the square training patches (41 in the paper).')
 flags.DEFINE_integer('batch_size', _D.batch_size,
@@ -200,8 +207,14 @@ def main(argv):
   except train.TrainingInterrupted as e:
     sys.stderr.write(f'{e}\n')
     sys.exit(130)
-  except (train.ConfigError, train.TrainingError, datasets.DatasetError,
+  except (train.ConfigError, train.TrainingError,
           weights.WeightsError) as e:
+    _fail(str(e))
+  except ValueError as e:
+    # vdsr_jax.datasets (TFDS) is imported only when a dataset is loaded.
+    datasets = sys.modules.get('vdsr_jax.datasets')
+    if datasets is None or not isinstance(e, datasets.DatasetError):
+      raise
     _fail(str(e))
 
 

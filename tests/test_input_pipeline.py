@@ -293,3 +293,10 @@ def test_invalid_pipeline_arguments(images, prepared):
     ip.make_batch(prepared, config, -1)
   with pytest.raises(TypeError):
     ip.prepare_images([np.zeros((20, 20), np.float32)])
+
+
+def test_luminance_u8_is_exact(images):
+  for img in images:
+    y8 = ip.luminance_u8(img)
+    assert y8.dtype == np.uint8 and y8.shape == img.shape[:2]
+    np.testing.assert_array_equal(ip.luminance(y8), ip.luminance(img))

@@ -348,3 +348,72 @@ def test_four_devices_match_one(tmp_path):
     np.testing.assert_allclose(four[layer]['kernel'],
                                one['params'][layer]['kernel'],
                                rtol=1e-4, atol=1e-6)
+
+
+def _write_pngs(folder, images):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  folder.mkdir()
+  for i, img in enumerate(images):
+    Image.fromarray(img).save(folder / f'{i:02d}.png')
+
+
+def test_image_folders_train_like_the_images_and_need_no_tfds(tmp_path):
+  images = synthetic_images()
+  y_dir, eval_dir = tmp_path / 'train_y', tmp_path / 'set5'
+  _write_pngs(y_dir, [input_pipeline.luminance_u8(x) for x in images])
+  _write_pngs(eval_dir, synthetic_images(n=2, height=40, width=40, seed=1))
+  # The Y planes give the RGB images' batches bit for bit.
+  config = tiny_config(train_images_dir=str(y_dir))
+  from_folder = train.load_train_images(config)
+  assert [x.ndim for x in from_folder] == [2] * len(images)
+  pc = config.pipeline_config()
+  for step in (0, 3):
+    a = input_pipeline.make_batch(input_pipeline.prepare_images(from_folder),
+                                  pc, step)
+    b = input_pipeline.make_batch(input_pipeline.prepare_images(images),
+                                  pc, step)
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  # The command line trains and evaluates from the folders with TFDS
+  # unimportable.
+  code = textwrap.dedent(f'''
+      import sys
+      sys.modules['tensorflow_datasets'] = None  # import fails
+      sys.path.insert(0, 'experiments')
+      import train as cli
+      sys.argv = ['train.py', '--flagfile=experiments/configs/smoke.flags',
+                  '--workdir={tmp_path / "w"}', '--train_images_dir={y_dir}',
+                  '--eval_images_dir={eval_dir}', '--total_steps=4',
+                  '--eval_every=2', '--eval_scales=2', '--patch_size=17',
+                  '--noprogress']
+      try:
+        cli.app.run(cli.main, flags_parser=cli.parse_flags)
+      except SystemExit as e:
+        assert e.code in (0, None), e.code
+      assert 'vdsr_jax.datasets' not in sys.modules
+      print('OK')
+  ''')
+  env = dict(os.environ)
+  env.pop('PYTHONPATH', None)
+  result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0 and 'OK' in result.stdout, result.stderr
+  evals = [r for r in reporting.read_metrics(tmp_path / 'w')
+           if r['kind'] == 'eval']
+  assert [r['step'] for r in evals] == [2, 4]
+  assert 'set5' in evals[-1]['results']
+  assert (tmp_path / 'w' / 'params.npz').exists()
+
+
+def test_image_folder_errors(tmp_path):
+  with pytest.raises(train.ConfigError, match='not a folder'):
+    train.load_train_images(tiny_config(
+        train_images_dir=str(tmp_path / 'missing')))
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(train.ConfigError, match='holds no images'):
+    train.load_train_images(tiny_config(train_images_dir=str(tmp_path /
+                                                             'empty')))
+  (tmp_path / 'bad').mkdir()
+  (tmp_path / 'bad' / 'x.png').write_bytes(b'not a png')
+  with pytest.raises(train.ConfigError, match='x.png'):
+    train.load_eval_images(tiny_config(eval_images_dir=str(tmp_path / 'bad')))

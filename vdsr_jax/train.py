@@ -78,6 +78,8 @@ class TrainConfig:
   max_train_images: int = 0
   data_dir: Optional[str] = None
   tfds_dir: Optional[str] = None
+  train_images_dir: Optional[str] = None
+  eval_images_dir: Optional[str] = None
   patch_size: int = 41
   batch_size: int = 64
   scales: Tuple[int, ...] = (2, 3, 4)
@@ -425,19 +427,48 @@ def initialize_distributed(config: TrainConfig) -> None:
                              process_id=config.process_id)
 
 
+def read_image_folder(folder) -> list:
+  """The images in `folder` (uint8/uint16 arrays), sorted by file name.
+
+  Read with Pillow alone (no TFDS), for machines that have the images but
+  not the prepared datasets, e.g. `experiments/export_luminance.py` output.
+  """
+  from vdsr_jax import image_io  # pylint: disable=g-import-not-at-top
+  folder = pathlib.Path(folder).expanduser()
+  if not folder.is_dir():
+    raise ConfigError(f'{folder} is not a folder of images.')
+  paths = sorted(p for p in folder.iterdir()
+                 if p.suffix.lower() in image_io.IMAGE_SUFFIXES)
+  if not paths:
+    raise ConfigError(f'{folder} holds no images '
+                      f'({", ".join(image_io.IMAGE_SUFFIXES)}).')
+  try:
+    return [image_io.read_image(p) for p in paths]
+  except image_io.ImageReadError as e:
+    raise ConfigError(str(e)) from None
+
+
 def load_train_images(config: TrainConfig) -> list:
-  """The training images (uint8 arrays) of `config.train_dataset`."""
-  from vdsr_jax import datasets  # pylint: disable=g-import-not-at-top
-  source = datasets.load(config.train_dataset, data_dir=config.data_dir,
-                         tfds_dir=config.tfds_dir)
-  n = len(source)
+  """The training images (uint8 arrays): `train_images_dir`, else the
+  `train_dataset` TFDS builder."""
+  if config.train_images_dir:
+    images = read_image_folder(config.train_images_dir)
+  else:
+    from vdsr_jax import datasets  # pylint: disable=g-import-not-at-top
+    source = datasets.load(config.train_dataset, data_dir=config.data_dir,
+                           tfds_dir=config.tfds_dir)
+    images = source
+  n = len(images)
   if config.max_train_images:
     n = min(n, config.max_train_images)
-  return [source[i]['image'] for i in range(n)]
+  return [images[i] if config.train_images_dir else images[i]['image']
+          for i in range(n)]
 
 
 def load_eval_images(config: TrainConfig) -> Dict[str, list]:
   """{'set5': [uint8 HR images]} for the periodic evaluation."""
+  if config.eval_images_dir:
+    return {'set5': read_image_folder(config.eval_images_dir)}
   from vdsr_jax import datasets  # pylint: disable=g-import-not-at-top
   source = datasets.load('set5', data_dir=config.data_dir,
                          tfds_dir=config.tfds_dir)
