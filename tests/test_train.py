@@ -259,9 +259,10 @@ def test_flagfiles_parse_to_the_expected_configs():
       cli.FLAGS(['x', '--flagfile=experiments/configs/vdsr_paper.flags',
                  '--workdir=w'])
       # The paper flagfile is the code defaults but for the objective and
-      # theta (see the flagfile's comment and experiments/results/README.md).
+      # the element-wise clipping (see the flagfile's comment and
+      # experiments/results/README.md).
       assert cli.config_from_flags() == train.TrainConfig(
-          loss='paper', clip_theta=0.01)
+          loss='paper', clip_mode='value', clip_theta=1e-4)
       cli.FLAGS.unparse_flags()
       cli.FLAGS(['x', '--flagfile=experiments/configs/smoke.flags',
                  '--workdir=w'])

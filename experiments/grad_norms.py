@@ -1,0 +1,85 @@
+r"""Per-layer gradient norms of the training objective on one real batch.
+
+Shows which parameters make up the global gradient norm, i.e. what a
+global-norm clip actually rescales:
+
+  python experiments/grad_norms.py --flagfile=experiments/configs/vdsr_paper.flags \
+      --weights=experiments/results/vdsr_291_cpu_global_norm/checkpoints/2410
+
+Prints, for every layer, the norm of the kernel and bias gradients and their
+share of the squared global norm, plus the batch MSE of the network and of
+its bicubic input. Without --weights the run's initialisation (--seed) is
+used. The batch is batch number --step of the run's own pipeline.
+"""
+
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import train as cli  # pylint: disable=g-import-not-at-top  # experiments/train.py
+from vdsr_jax import input_pipeline
+from vdsr_jax import models
+from vdsr_jax import train
+from vdsr_jax import weights
+
+_WEIGHTS = flags.DEFINE_string(
+    'weights', None, 'Params to probe (.npz, .mat or orbax checkpoint); '
+    'default: the initialisation of --seed.')
+_STEP = flags.DEFINE_integer('step', 0, 'Which batch of the pipeline.')
+# The training flags are reused; this tool writes nothing, so no --workdir.
+flags.FLAGS.set_default('workdir', '')
+
+
+def gradient_report(config: train.TrainConfig, params, batch) -> str:
+  """A table of per-parameter gradient norms of `config`'s objective."""
+  model = train.create_model(config)
+  scale = train.loss_scale(config)
+  x, y = jnp.asarray(batch['inputs']), jnp.asarray(batch['targets'])
+
+  def objective(p):
+    out = model.apply({'params': p}, x)
+    return jnp.mean(jnp.square(out - y)) * scale, out
+
+  grads, out = jax.grad(objective, has_aux=True)(params)
+  norms = {(layer, name): float(jnp.linalg.norm(g))
+           for layer, leaves in grads.items() for name, g in leaves.items()}
+  total = sum(v * v for v in norms.values())
+  layers = sorted(grads, key=lambda k: int(''.join(filter(str.isdigit, k))))
+  lines = [f'{"layer":8s} {"kernel":>10s} {"bias":>10s} {"share":>7s}']
+  for layer in layers:
+    k, b = norms.get((layer, 'kernel'), 0.0), norms.get((layer, 'bias'), 0.0)
+    lines.append(f'{layer:8s} {k:10.4g} {b:10.4g} '
+                 f'{(k * k + b * b) / total:7.1%}')
+  lines.append(f'global norm {np.sqrt(total):.4g}; batch MSE: network '
+               f'{float(jnp.mean((out - y) ** 2)):.5g}, bicubic input '
+               f'{float(jnp.mean((x - y) ** 2)):.5g}; mean residual error '
+               f'{float(jnp.mean(out - y)):+.4g}')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  config = cli.config_from_flags()
+  model = train.create_model(config)
+  if _WEIGHTS.value:
+    params = weights.load_params(_WEIGHTS.value)
+  else:
+    init_key, _ = jax.random.split(jax.random.PRNGKey(config.seed))
+    params = models.init_params(init_key, model, config.patch_size)
+  images = train.load_train_images(config)
+  prepared = input_pipeline.prepare_images(images, config.downscale_factors)
+  batch = input_pipeline.make_batch(prepared, config.pipeline_config(),
+                                    _STEP.value)
+  print(gradient_report(config, params, batch))
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.parse_flags)
