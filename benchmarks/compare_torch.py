@@ -1,7 +1,8 @@
-r"""VDSR on this CPU: JAX (this project) against PyTorch, side by side.
+r"""VDSR in JAX (this project) against PyTorch, side by side, CPU or GPU.
 
   python benchmarks/compare_torch.py [--repeats=N] [--json_out=FILE]
       [--configs=train_step,infer_512,infer_1080p] [--jax_conv=auto|lax|...]
+      [--device=cpu|gpu] [--precision=default|highest]
 
 Three configurations:
   train_step:  one optimiser update on a batch of 64 41x41 patches. JAX runs
@@ -14,6 +15,17 @@ Three configurations:
                project runs it; PyTorch: `inference_mode`).
   infer_1080p: the same on 1920x1080 (JAX pads to the 32-pixel bucket,
                1920x1088, i.e. 0.7% more pixels, and still reports 1080p).
+
+Device. `--device=cpu` (default) pins JAX to its CPU backend and PyTorch to
+2 threads; `--device=gpu` runs both on the first GPU (JAX's default backend
+must be CUDA; PyTorch on 'cuda', every timed run ends with a synchronize).
+`--precision=default` leaves each framework's default for float32
+convolutions on GPU (both allow TF32 on Ampere and later: JAX's default
+precision, PyTorch's `cudnn.allow_tf32 = True`); `highest` asks both for
+full float32 (`jax_default_matmul_precision='highest'`,
+`cudnn.allow_tf32 = False`). Peak memory on GPU is the device's peak
+allocation of each worker (JAX `memory_stats`, PyTorch
+`max_memory_allocated`), besides the host RSS.
 
 Method. Each (framework, configuration) runs in its own worker process, so
 the reported peak memory is that worker's peak resident set size
@@ -49,9 +61,19 @@ def _rss_mb() -> float:
 # ----------------------------------------------------------------------------
 
 
+def _device() -> str:
+  return os.environ.get('VDSR_BENCH_DEVICE', 'cpu')
+
+
 def _jax_runner(config: str, conv_method: str):
   import jax
   import numpy as np
+  if _device() == 'cpu':
+    jax.config.update('jax_platforms', 'cpu')
+  elif jax.default_backend() != 'gpu':
+    raise RuntimeError(f'--device=gpu but JAX runs on {jax.default_backend()}')
+  if os.environ.get('VDSR_BENCH_PRECISION', 'default') == 'highest':
+    jax.config.update('jax_default_matmul_precision', 'highest')
   from vdsr_jax import conv
   from vdsr_jax import inference
   from vdsr_jax import models
@@ -87,18 +109,42 @@ def _jax_runner(config: str, conv_method: str):
 def _torch_runner(config: str):
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import torch_vdsr
+  import torch
+  device = 'cuda' if _device() == 'gpu' else 'cpu'
   torch_vdsr.setup(threads=int(os.environ.get('TORCH_THREADS', 2)))
+  if device == 'cuda':
+    tf32 = os.environ.get('VDSR_BENCH_PRECISION', 'default') != 'highest'
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = True
   channels_last = os.environ.get('TORCH_CHANNELS_LAST', '1') == '1'
-  model = torch_vdsr.make_model(channels_last)
+  model = torch_vdsr.make_model(channels_last).to(device)
+  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
   if config == 'train_step':
     step = torch_vdsr.make_train_step(model)
-    x = torch_vdsr.batch((BATCH, 1, PATCH, PATCH), channels_last, 0)
-    y = torch_vdsr.batch((BATCH, 1, PATCH, PATCH), channels_last, 1)
+    x = torch_vdsr.batch((BATCH, 1, PATCH, PATCH), channels_last, 0).to(device)
+    y = torch_vdsr.batch((BATCH, 1, PATCH, PATCH), channels_last, 1).to(device)
     return lambda: float(step(x, y))
   h, w = SHAPES[config]
   forward = torch_vdsr.make_forward(model)
-  x = torch_vdsr.batch((1, 1, h, w), channels_last, 0)
-  return lambda: forward(x)
+  x = torch_vdsr.batch((1, 1, h, w), channels_last, 0).to(device)
+
+  def run():
+    forward(x)
+    sync()
+  return run
+
+
+def _device_peak_mb(framework: str) -> float:
+  """Peak accelerator memory allocated by this worker (0 on CPU)."""
+  if _device() != 'gpu':
+    return 0.0
+  if framework == 'jax':
+    import jax
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats.get('peak_bytes_in_use', 0) / 2**20
+  import torch
+  return torch.cuda.max_memory_allocated() / 2**20
 
 
 def worker(framework: str, config: str, conv_method: str) -> None:
@@ -121,7 +167,9 @@ def worker(framework: str, config: str, conv_method: str) -> None:
     run()
     print(json.dumps({'ms': (time.perf_counter() - t) * 1e3}), flush=True)
   print(json.dumps({'peak_rss_mb': _rss_mb(),
-                    'rss_after_import_mb': rss_import}), flush=True)
+                    'rss_after_import_mb': rss_import,
+                    'device_peak_mb': _device_peak_mb(framework)}),
+        flush=True)
 
 
 # ----------------------------------------------------------------------------
@@ -196,10 +244,20 @@ def compare(config: str, repeats: int, conv_method: str) -> dict:
       'torch_peak_rss_mb': tmem['peak_rss_mb'],
       'jax_rss_after_import_mb': jmem['rss_after_import_mb'],
       'torch_rss_after_import_mb': tmem['rss_after_import_mb'],
+      'jax_device_peak_mb': jmem['device_peak_mb'],
+      'torch_device_peak_mb': tmem['device_peak_mb'],
       'jax_setup_s': jax_setup, 'torch_setup_s': torch_setup,
       'jax_conv': conv_method,
       'loadavg_1m_before': load_before, 'loadavg_1m_after': os.getloadavg()[0],
   }
+
+
+def _gpu_name() -> str:
+  try:
+    return subprocess.run(['nvidia-smi', '--query-gpu=name', '--format=csv,noheader'],
+                          capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return 'unknown'
 
 
 def main(argv=None):
@@ -210,28 +268,38 @@ def main(argv=None):
   p.add_argument('--jax_conv', default='auto',
                  help="vdsr_jax.conv.METHOD for the JAX side ('auto': the "
                       "library default).")
+  p.add_argument('--device', default='cpu', choices=('cpu', 'gpu'))
+  p.add_argument('--precision', default='default',
+                 choices=('default', 'highest'),
+                 help='float32 convolutions on GPU: default (TF32 allowed '
+                      'in both frameworks) or highest (full float32).')
   p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
-  if args.worker:
+  if args.worker:  # device and precision come from the parent's environment
     worker(args.worker, args.configs, args.jax_conv)
     return
+  os.environ['VDSR_BENCH_DEVICE'] = args.device
+  os.environ['VDSR_BENCH_PRECISION'] = args.precision
   configs = [c for c in args.configs.split(',') if c]
   for c in configs:
     if c not in CONFIGS:
       p.error(f'unknown config {c!r}; choose from {CONFIGS}')
   results = {'machine': {'cpus': os.cpu_count(),
-                         'python': sys.version.split()[0]},
+                         'python': sys.version.split()[0],
+                         'gpu': _gpu_name() if args.device == 'gpu' else None},
+             'device': args.device, 'precision': args.precision,
              'repeats': args.repeats}
   print(f'{"config":12s} {"jax ms":>9s} {"torch ms":>9s} {"speedup":>8s} '
         f'{"jax thr":>10s} {"torch thr":>10s} {"jax MB":>7s} {"torch MB":>8s} '
         f'{"load":>9s}')
+  mem = 'device_peak_mb' if args.device == 'gpu' else 'peak_rss_mb'
   for c in configs:
     r = compare(c, args.repeats, args.jax_conv)
     results[c] = r
     print(f'{c:12s} {r["jax_ms"]:9.1f} {r["torch_ms"]:9.1f} '
           f'{r["speedup"]:7.2f}x {r["jax_throughput"]:10.2f} '
-          f'{r["torch_throughput"]:10.2f} {r["jax_peak_rss_mb"]:7.0f} '
-          f'{r["torch_peak_rss_mb"]:8.0f} '
+          f'{r["torch_throughput"]:10.2f} {r["jax_" + mem]:7.0f} '
+          f'{r["torch_" + mem]:8.0f} '
           f'{r["loadavg_1m_before"]:4.1f}/{r["loadavg_1m_after"]:<4.1f}'
           f'  ({r["throughput_unit"]})', flush=True)
   if args.json_out:
