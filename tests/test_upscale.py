@@ -630,17 +630,22 @@ def test_cli_compare_reference_fractional_scale(tmp_path, tiny_weights):
   assert 'PSNR (Y) bicubic' in result.stdout and 'dB' in result.stdout
 
 
+def test_cli_uses_the_shipped_weights_by_default(tmp_path):
+  img = tmp_path / 'x.png'
+  image_io.write_image(img, random_image((10, 12, 3), np.uint8))
+  result = run_cli(img, '--scale=2', cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  outputs = [p for p in tmp_path.iterdir() if p.name != 'x.png']
+  assert len(outputs) == 1
+  assert image_io.read_image(outputs[0]).shape == (20, 24, 3)
+
+
 def test_cli_missing_weights_and_inputs(tmp_path):
   img = tmp_path / 'x.png'
   image_io.write_image(img, random_image((6, 6), np.uint8))
   result = run_cli(img, '--scale=2', '--weights=nowhere.npz', cwd=tmp_path)
   assert result.returncode == 1
   assert 'nowhere.npz' in result.stderr and 'Traceback' not in result.stderr
-  if not weights_lib.PRETRAINED_PATH.exists():
-    result = run_cli(img, '--scale=2', cwd=tmp_path)
-    assert result.returncode != 0
-    assert 'No pretrained' in result.stderr
-    assert 'Traceback' not in result.stderr
   result = run_cli(img, '--scale=0.5', '--weights=nowhere.npz', cwd=tmp_path)
   assert result.returncode != 0 and '--scale' in result.stderr
   assert sorted(p.name for p in tmp_path.iterdir()) == ['x.png']
