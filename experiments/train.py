@@ -49,6 +49,11 @@ flags.DEFINE_string('data_dir', None,
 flags.DEFINE_string('tfds_dir', None,
                     'Where TFDS keeps the prepared datasets. Default: '
                     '$TFDS_DATA_DIR, else ~/tensorflow_datasets.')
+flags.DEFINE_bool('allow_config_change', False,
+                  'Resume the run in --workdir even though training flags '
+                  '(optimiser, schedule, objective, data...) differ from the '
+                  'ones it was started with; the changes are recorded in '
+                  'metrics.jsonl. Architecture flags must always match.')
 flags.DEFINE_string('train_images_dir', None,
                     'Train on the images in this folder (sorted by file name, '
                     'read with Pillow, no TFDS) instead of --train_dataset; '
@@ -203,7 +208,8 @@ def main(argv):
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
   try:
     config = config_from_flags()
-    train.train_and_evaluate(config, FLAGS.workdir)
+    train.train_and_evaluate(config, FLAGS.workdir,
+                             allow_config_change=FLAGS.allow_config_change)
   except train.TrainingInterrupted as e:
     sys.stderr.write(f'{e}\n')
     sys.exit(130)

@@ -418,3 +418,30 @@ def test_image_folder_errors(tmp_path):
   (tmp_path / 'bad' / 'x.png').write_bytes(b'not a png')
   with pytest.raises(train.ConfigError, match='x.png'):
     train.load_eval_images(tiny_config(eval_images_dir=str(tmp_path / 'bad')))
+
+
+def test_resume_with_other_training_flags_needs_explicit_override(tmp_path):
+  run_tiny(tmp_path, total_steps=4, checkpoint_every=2)
+  # Loop flags may change freely.
+  run_tiny(tmp_path, total_steps=4, checkpoint_every=2, log_every=2)
+  # Training flags may not, unless asked for; nothing is written on refusal.
+  flags_before = (tmp_path / 'flags.txt').read_text()
+  with pytest.raises(train.ConfigError,
+                     match=r'--learning_rate=0.1 there, 0.05 now.*'
+                           r'--allow_config_change'):
+    run_tiny(tmp_path, total_steps=6, learning_rate=0.05)
+  assert (tmp_path / 'flags.txt').read_text() == flags_before
+  out = train.train_and_evaluate(
+      tiny_config(total_steps=6, learning_rate=0.05), tmp_path,
+      train_images=synthetic_images(), allow_config_change=True)
+  assert out['step'] == 6
+  sessions = [r for r in reporting.read_metrics(tmp_path)
+              if r['kind'] == 'session']
+  assert sessions[-1]['changed_flags'] == {
+      'learning_rate': ['0.1', '0.05'], 'total_steps': ['4', '6']}
+  assert 'changed_flags' not in sessions[0]
+  # The architecture must match even then.
+  with pytest.raises(train.ConfigError, match='another architecture'):
+    train.train_and_evaluate(tiny_config(total_steps=8, features=4), tmp_path,
+                             train_images=synthetic_images(),
+                             allow_config_change=True)

@@ -54,6 +54,13 @@ from vdsr_jax import weights as weights_lib
 
 LOSSES = ('mse', 'paper')
 ARCHITECTURE = ('depth', 'features', 'residual')
+# Fields that may differ when a run is resumed: where data and files are,
+# logging/evaluation/checkpoint cadence, the process layout. Every other
+# field shapes the optimisation and must match (or be overridden explicitly).
+LOOP_FIELDS = ('data_dir', 'tfds_dir', 'train_images_dir', 'eval_images_dir',
+               'prefetch', 'log_every', 'checkpoint_every', 'keep_checkpoints',
+               'eval_every', 'eval_scales', 'progress', 'coordinator_address',
+               'num_processes', 'process_id')
 FLAGS_FILE = 'flags.txt'
 PARAMS_FILE = 'params.npz'
 
@@ -390,24 +397,49 @@ def architecture(config: TrainConfig) -> Dict[str, Any]:
 
 
 def check_resume(config: TrainConfig, workdir: pathlib.Path,
-                 meta: Optional[Mapping[str, Any]]) -> None:
-  """Raises ConfigError if the run in `workdir` has another architecture."""
-  if meta is not None and 'architecture' in meta:
-    saved = dict(meta['architecture'])
-  elif meta is not None and (workdir / FLAGS_FILE).exists():
-    flags = parse_flags_file((workdir / FLAGS_FILE).read_text())
-    saved = {k: flags[k] for k in ARCHITECTURE if k in flags}
-  else:
-    return
-  current = architecture(config)
-  differ = [k for k in ARCHITECTURE
-            if k in saved and str(saved[k]) != str(current[k])]
-  if differ:
-    diffs = ', '.join(f'--{k}={saved[k]} there, {current[k]} now'
-                      for k in differ)
+                 meta: Optional[Mapping[str, Any]],
+                 allow_config_change: bool = False) -> Dict[str, Any]:
+  """Checks that `config` may resume the run in `workdir`.
+
+  Args:
+    config: the configuration asked for now.
+    workdir: the run's folder (its flags.txt is the previous configuration).
+    meta: the latest checkpoint's metadata; None if there is no checkpoint.
+    allow_config_change: accept different training flags (not architecture).
+
+  Returns:
+    {field: [value there, value now]} for the training flags that differ
+    (empty unless `allow_config_change`).
+
+  Raises:
+    ConfigError: another architecture, or other training flags without
+      `allow_config_change`.
+  """
+  if meta is None:
+    return {}
+  flags_path = workdir / FLAGS_FILE
+  before = (parse_flags_file(flags_path.read_text())
+            if flags_path.exists() else {})
+  if 'architecture' in meta:
+    before.update({k: str(v) for k, v in meta['architecture'].items()})
+  now = parse_flags_file(config_to_flags(config))
+  differ = [k for k in TrainConfig.__dataclass_fields__
+            if k in before and k in now and before[k] != now[k]
+            and k not in LOOP_FIELDS]
+  arch = [k for k in differ if k in ARCHITECTURE]
+  if arch:
+    diffs = ', '.join(f'--{k}={before[k]} there, {now[k]} now' for k in arch)
     raise ConfigError(
         f'{workdir} holds a checkpoint of another architecture ({diffs}). '
         'Use a new --workdir, or the same architecture flags to resume.')
+  if differ and not allow_config_change:
+    diffs = ', '.join(f'--{k}={before[k]} there, {now[k]} now'
+                      for k in differ)
+    raise ConfigError(
+        f'{workdir} holds a run with other training flags ({diffs}). Use the '
+        'same flags to resume it, a new --workdir, or --allow_config_change '
+        'to continue it with the new ones (recorded in metrics.jsonl).')
+  return {k: [before[k], now[k]] for k in differ}
 
 
 # ----------------------------------------------------------------------------
@@ -562,7 +594,7 @@ class _Run:
   """One training run's moving parts; `train_and_evaluate` drives it."""
 
   def __init__(self, config, workdir, mesh, manager, state, start, step_fn,
-               train_images, eval_images, evaluating):
+               train_images, eval_images, evaluating, changed_flags=None):
     self.config = config
     self.workdir = workdir
     self.mesh = mesh
@@ -590,7 +622,8 @@ class _Run:
         'conv': conv.resolve_method(config.features, config.features),
         'platform': mesh.devices.flat[0].platform,
         'devices': int(mesh.devices.size),
-        'processes': jax.process_count()})
+        'processes': jax.process_count(),
+        **({'changed_flags': changed_flags} if changed_flags else {})})
     self.bar = tqdm.tqdm(total=config.total_steps, initial=start, unit='step',
                          dynamic_ncols=True,
                          disable=not (self.primary and config.progress))
@@ -705,7 +738,8 @@ class _Run:
 
 def train_and_evaluate(config: TrainConfig, workdir, *,
                        train_images: Optional[Sequence[Any]] = None,
-                       eval_images: Optional[Mapping[str, Sequence[Any]]] = None
+                       eval_images: Optional[Mapping[str, Sequence[Any]]] = None,
+                       allow_config_change: bool = False
                        ) -> Dict[str, Any]:
   """Trains (or resumes) VDSR in `workdir`, evaluating on Set5.
 
@@ -716,6 +750,9 @@ def train_and_evaluate(config: TrainConfig, workdir, *,
     train_images: uint8 HR images to train on instead of
       `config.train_dataset` (tests, custom data).
     eval_images: {dataset: uint8 HR images} to evaluate on instead of Set5.
+    allow_config_change: resume a run whose training flags (optimiser,
+      schedule, data, objective...) differ from `config`'s; without it that
+      is a ConfigError. The changes are logged in the session record.
 
   Returns:
     {'step', 'loss' (last logged), 'eval' (last results or None),
@@ -737,7 +774,11 @@ def train_and_evaluate(config: TrainConfig, workdir, *,
   primary = jax.process_index() == 0
 
   manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
-  check_resume(config, workdir, checkpointing.read_meta(manager))
+  changed = check_resume(config, workdir, checkpointing.read_meta(manager),
+                         allow_config_change)
+  if changed:
+    logging.warning('Continuing %s with changed training flags: %s', workdir,
+                    changed)
   if primary:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / FLAGS_FILE).write_text(config_to_flags(config))
@@ -770,7 +811,7 @@ def train_and_evaluate(config: TrainConfig, workdir, *,
 
   step_fn = make_train_step(config, model, tx, schedule, mesh)
   run = _Run(config, workdir, mesh, manager, state, start, step_fn,
-             train_images, eval_images, evaluating)
+             train_images, eval_images, evaluating, changed)
   try:
     run.train()
     return run.finish()
