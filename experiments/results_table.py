@@ -4,7 +4,8 @@ r"""Prints the README's results table (markdown) from evaluation JSON files.
       --rows="bicubic (ours)=experiments/results/bicubic.json,authors' weights (ours)=experiments/results/authors_weights.json"
 
 Each JSON is what `experiments/evaluate.py --json_out` writes. The paper's
-Table 3 (bicubic and VDSR rows) is added from --paper_table.
+Table 3 (bicubic and VDSR rows) is added from --paper_table. The last line is
+each column's mean PSNR over all cells (n/a if a cell is missing).
 """
 
 import json
@@ -51,6 +52,13 @@ def main(argv):
     for s in _SCALES.value:
       cells = [_cell(res.get(d, {}).get(s)) for _, res in rows]
       print(f'| {d} | x{s} | ' + ' | '.join(cells) + ' |')
+  means = []
+  for _, res in rows:
+    cells = [res.get(d, {}).get(s) for d in _DATASETS.value
+             for s in _SCALES.value]
+    means.append('n/a' if None in cells else
+                 f'{sum(c["psnr"] for c in cells) / len(cells):.2f}')
+  print('| mean PSNR | all | ' + ' | '.join(means) + ' |')
 
 
 if __name__ == '__main__':
