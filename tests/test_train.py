@@ -445,3 +445,28 @@ def test_resume_with_other_training_flags_needs_explicit_override(tmp_path):
     train.train_and_evaluate(tiny_config(total_steps=8, features=4), tmp_path,
                              train_images=synthetic_images(),
                              allow_config_change=True)
+
+
+def test_shipped_run_matches_its_flagfile():
+  """experiments/results/vdsr_291 was trained with vdsr_paper_36k.flags."""
+  code = textwrap.dedent('''
+      import sys
+      sys.path.insert(0, 'experiments')
+      import train as cli
+      from vdsr_jax import train
+      cli.FLAGS(['x', '--flagfile=experiments/configs/vdsr_paper_36k.flags',
+                 '--workdir=w'])
+      now = train.parse_flags_file(train.config_to_flags(
+          cli.config_from_flags()))
+      then = train.parse_flags_file(
+          open('experiments/results/vdsr_291/flags.txt').read())
+      differ = {k: (then.get(k), now.get(k)) for k in set(then) | set(now)
+                if k not in train.LOOP_FIELDS and then.get(k) != now.get(k)}
+      assert not differ, differ
+      print('OK')
+  ''')
+  env = dict(os.environ)
+  env.pop('PYTHONPATH', None)
+  result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0 and 'OK' in result.stdout, result.stderr
