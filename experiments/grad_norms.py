@@ -8,7 +8,8 @@ global-norm clip actually rescales:
 
 Prints, for every layer, the norm of the kernel and bias gradients and their
 share of the squared global norm, plus the batch MSE of the network and of
-its bicubic input. Without --weights the run's initialisation (--seed) is
+its bicubic input (over --mse_batches batches if given, to compare weights
+on the training distribution). Without --weights the run's initialisation (--seed) is
 used. The batch is batch number --step of the run's own pipeline.
 """
 
@@ -34,6 +35,9 @@ _WEIGHTS = flags.DEFINE_string(
     'weights', None, 'Params to probe (.npz, .mat or orbax checkpoint); '
     'default: the initialisation of --seed.')
 _STEP = flags.DEFINE_integer('step', 0, 'Which batch of the pipeline.')
+_MSE_BATCHES = flags.DEFINE_integer(
+    'mse_batches', 0, 'Also report the network and bicubic MSE averaged over '
+    'this many batches from --step on (0: none).')
 # The training flags are reused; this tool writes nothing, so no --workdir.
 flags.FLAGS.set_default('workdir', '')
 
@@ -79,6 +83,18 @@ def main(argv):
   batch = input_pipeline.make_batch(prepared, config.pipeline_config(),
                                     _STEP.value)
   print(gradient_report(config, params, batch))
+  if _MSE_BATCHES.value:
+    model = train.create_model(config)
+    forward = jax.jit(lambda p, x: model.apply({'params': p}, x))
+    net, bic = [], []
+    for k in range(_STEP.value, _STEP.value + _MSE_BATCHES.value):
+      b = input_pipeline.make_batch(prepared, config.pipeline_config(), k)
+      out = np.asarray(forward(params, b['inputs']))
+      net.append(np.mean((out - b['targets']) ** 2))
+      bic.append(np.mean((b['inputs'] - b['targets']) ** 2))
+    print(f'mean batch MSE over {len(net)} batches: network '
+          f'{np.mean(net):.5g}, bicubic input {np.mean(bic):.5g} '
+          f'(network / bicubic {np.mean(net) / np.mean(bic):.4f})')
 
 
 if __name__ == '__main__':
