@@ -250,6 +250,16 @@ def test_cli_bad_flags_one_line(tmp_path, args, expected):
   assert expected in lines[0]
 
 
+def _run_python_ok(code, timeout=120):
+  """Runs `code` with this Python from the repo root (no PYTHONPATH, as a
+  user would); it must exit 0 and print OK."""
+  env = dict(os.environ)
+  env.pop('PYTHONPATH', None)
+  result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+  assert result.returncode == 0 and 'OK' in result.stdout, result.stderr
+
+
 def test_flagfiles_parse_to_the_expected_configs():
   code = textwrap.dedent('''
       import sys
@@ -272,11 +282,7 @@ def test_flagfiles_parse_to_the_expected_configs():
       assert smoke.learning_rate == 0.1 and smoke.eval_scales == (2, 3, 4)
       print('OK')
   ''')
-  env = dict(os.environ)
-  env.pop('PYTHONPATH', None)
-  result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
-  assert result.returncode == 0 and 'OK' in result.stdout, result.stderr
+  _run_python_ok(code)
 
 
 def test_cli_missing_data_and_device_mismatch(tmp_path):
@@ -394,11 +400,7 @@ def test_image_folders_train_like_the_images_and_need_no_tfds(tmp_path):
       assert 'vdsr_jax.datasets' not in sys.modules
       print('OK')
   ''')
-  env = dict(os.environ)
-  env.pop('PYTHONPATH', None)
-  result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0 and 'OK' in result.stdout, result.stderr
+  _run_python_ok(code, timeout=300)
   evals = [r for r in reporting.read_metrics(tmp_path / 'w')
            if r['kind'] == 'eval']
   assert [r['step'] for r in evals] == [2, 4]
@@ -465,8 +467,4 @@ def test_shipped_run_matches_its_flagfile():
       assert not differ, differ
       print('OK')
   ''')
-  env = dict(os.environ)
-  env.pop('PYTHONPATH', None)
-  result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
-  assert result.returncode == 0 and 'OK' in result.stdout, result.stderr
+  _run_python_ok(code)
