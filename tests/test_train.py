@@ -14,6 +14,7 @@ import pytest
 
 from vdsr_jax import checkpointing
 from vdsr_jax import conv
+from vdsr_jax import image_io
 from vdsr_jax import input_pipeline
 from vdsr_jax import reporting
 from vdsr_jax import train
@@ -420,6 +421,17 @@ def test_image_folder_errors(tmp_path):
   (tmp_path / 'bad' / 'x.png').write_bytes(b'not a png')
   with pytest.raises(train.ConfigError, match='x.png'):
     train.load_eval_images(tiny_config(eval_images_dir=str(tmp_path / 'bad')))
+  deep = tmp_path / 'deep'
+  deep.mkdir()
+  image_io.write_image(deep / 'y.png', np.zeros((8, 8), np.uint16))
+  with pytest.raises(train.ConfigError, match='y.png is uint16'):
+    train.load_train_images(tiny_config(train_images_dir=str(deep)))
+  # max_train_images takes the first files by name.
+  _write_pngs(tmp_path / 'few', synthetic_images(n=3))
+  first = train.load_train_images(tiny_config(
+      train_images_dir=str(tmp_path / 'few'), max_train_images=2))
+  np.testing.assert_array_equal(first[1], synthetic_images(n=3)[1])
+  assert len(first) == 2
 
 
 def test_resume_with_other_training_flags_needs_explicit_override(tmp_path):

@@ -460,7 +460,7 @@ def initialize_distributed(config: TrainConfig) -> None:
 
 
 def read_image_folder(folder) -> list:
-  """The images in `folder` (uint8/uint16 arrays), sorted by file name.
+  """The 8-bit images in `folder` (uint8 arrays), sorted by file name.
 
   Read with Pillow alone (no TFDS), for machines that have the images but
   not the prepared datasets, e.g. `experiments/export_luminance.py` output.
@@ -474,27 +474,32 @@ def read_image_folder(folder) -> list:
   if not paths:
     raise ConfigError(f'{folder} holds no images '
                       f'({", ".join(image_io.IMAGE_SUFFIXES)}).')
-  try:
-    return [image_io.read_image(p) for p in paths]
-  except image_io.ImageReadError as e:
-    raise ConfigError(str(e)) from None
+  images = []
+  for path in paths:
+    try:
+      image = image_io.read_image(path)
+    except image_io.ImageReadError as e:
+      raise ConfigError(str(e)) from None
+    if image.dtype != np.uint8:
+      raise ConfigError(f'{path} is {image.dtype}; training and evaluation '
+                        'images must be 8-bit.')
+    images.append(image)
+  return images
 
 
 def load_train_images(config: TrainConfig) -> list:
   """The training images (uint8 arrays): `train_images_dir`, else the
-  `train_dataset` TFDS builder."""
+  `train_dataset` TFDS builder; the first `max_train_images` if set."""
   if config.train_images_dir:
     images = read_image_folder(config.train_images_dir)
   else:
     from vdsr_jax import datasets  # pylint: disable=g-import-not-at-top
     source = datasets.load(config.train_dataset, data_dir=config.data_dir,
                            tfds_dir=config.tfds_dir)
-    images = source
-  n = len(images)
+    images = [source[i]['image'] for i in range(len(source))]
   if config.max_train_images:
-    n = min(n, config.max_train_images)
-  return [images[i] if config.train_images_dir else images[i]['image']
-          for i in range(n)]
+    images = images[:config.max_train_images]
+  return images
 
 
 def load_eval_images(config: TrainConfig) -> Dict[str, list]:
