@@ -27,7 +27,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import train as cli  # pylint: disable=g-import-not-at-top  # experiments/train.py
 from vdsr_jax import input_pipeline
-from vdsr_jax import models
 from vdsr_jax import train
 from vdsr_jax import weights
 
@@ -75,16 +74,15 @@ def main(argv):
   model = train.create_model(config)
   if _WEIGHTS.value:
     params = weights.load_params(_WEIGHTS.value)
-  else:
-    init_key, _ = jax.random.split(jax.random.PRNGKey(config.seed))
-    params = models.init_params(init_key, model, config.patch_size)
+  else:  # exactly the run's initial params
+    tx, _ = train.create_optimizer(config)
+    params = train.create_train_state(config, model, tx).params
   images = train.load_train_images(config)
   prepared = input_pipeline.prepare_images(images, config.downscale_factors)
   batch = input_pipeline.make_batch(prepared, config.pipeline_config(),
                                     _STEP.value)
   print(gradient_report(config, params, batch))
   if _MSE_BATCHES.value:
-    model = train.create_model(config)
     forward = jax.jit(lambda p, x: model.apply({'params': p}, x))
     net, bic = [], []
     for k in range(_STEP.value, _STEP.value + _MSE_BATCHES.value):

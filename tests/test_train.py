@@ -359,10 +359,9 @@ def test_four_devices_match_one(tmp_path):
 
 
 def _write_pngs(folder, images):
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   folder.mkdir()
   for i, img in enumerate(images):
-    Image.fromarray(img).save(folder / f'{i:02d}.png')
+    image_io.write_image(folder / f'{i:02d}.png', img)
 
 
 def test_image_folders_train_like_the_images_and_need_no_tfds(tmp_path):
