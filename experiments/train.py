@@ -75,7 +75,12 @@ flags.DEFINE_list('downscale_factors', [str(f) for f in _D.downscale_factors],
                   'Also train on the HR images downscaled by these factors in '
                   '(0, 1], e.g. 1.0,0.9,0.8,0.7,0.6; 1.0 alone: off.')
 flags.DEFINE_integer('prefetch', _D.prefetch,
-                     'Batches prepared ahead by a background thread.')
+                     'Batches prepared ahead of the training step.')
+flags.DEFINE_integer('input_workers', _D.input_workers,
+                     'Processes that build the training batches (same '
+                     'batches whatever the number); 0: one thread of the '
+                     'training process; -1: 0 when training on the CPU, 2 on '
+                     'a GPU/TPU, where the thread would slow the loop.')
 flags.DEFINE_integer('seed', _D.seed,
                      'Seeds the initialisation and the stream of batches.')
 

@@ -1,6 +1,7 @@
 """Tests of the training input pipeline (small synthetic images)."""
 
 import functools
+import multiprocessing
 
 import jax
 import numpy as np
@@ -219,6 +220,26 @@ def test_pipeline_matches_make_batch_with_and_without_prefetch(images,
       for step, batch in zip(range(4), pipeline):
         _assert_batches_equal(batch, expected[step])
         assert pipeline.next_step == step + 1
+
+
+def test_worker_processes_build_the_same_batches(images, prepared):
+  config = _config()
+  expected = [ip.make_batch(prepared, config, step) for step in range(3, 9)]
+  with ip.PatchPipeline(images, config, start_step=3, prefetch=1,
+                        workers=2) as pipeline:
+    for step, want in zip(range(3, 9), expected):
+      assert pipeline.next_step == step
+      _assert_batches_equal(next(pipeline), want)
+    children = multiprocessing.active_children()
+    assert children  # the batches came from other processes
+  assert not set(children) & set(multiprocessing.active_children())
+  with pytest.raises(StopIteration):
+    next(pipeline)
+
+
+def test_workers_must_be_a_count(images):
+  with pytest.raises(ValueError, match='workers'):
+    ip.PatchPipeline(images, _config(), workers=-1)
 
 
 def test_resume_from_start_step(images):

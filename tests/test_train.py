@@ -158,6 +158,18 @@ def test_interrupt_then_resume_is_bit_identical(tmp_path, monkeypatch):
           if r['kind'] == 'session'] == [0, 4]
 
 
+def test_input_worker_processes_train_identically(tmp_path):
+  threaded = run_tiny(tmp_path / 'thread', input_workers=0)
+  workers = run_tiny(tmp_path / 'workers', input_workers=2)
+  _assert_same_params(threaded['params'], workers['params'])
+  sessions = [r for r in reporting.read_metrics(tmp_path / 'workers')
+              if r['kind'] == 'session']
+  assert sessions[0]['input_workers'] == 2
+  # -1 (the default) uses no worker process when training on the CPU.
+  assert train.input_workers(tiny_config(), 'cpu') == 0
+  assert train.input_workers(tiny_config(input_workers=3), 'cpu') == 3
+
+
 class _NaNAt:
   """PatchPipeline whose batch `at` has NaN inputs."""
 
@@ -213,6 +225,7 @@ def test_architecture_mismatch_on_resume(tmp_path):
     (dict(clip_mode='bogus'), '--clip_mode'),
     (dict(learning_rate=-1.0), '--learning_rate'),
     (dict(eval_scales=(1,)), '--eval_scales'),
+    (dict(input_workers=-2), '--input_workers'),
 ])
 def test_config_rejects_impossible_values(overrides, match):
   with pytest.raises(train.ConfigError, match=match):
