@@ -473,22 +473,26 @@ def test_resume_with_other_training_flags_needs_explicit_override(tmp_path):
                              allow_config_change=True)
 
 
-def test_shipped_run_matches_its_flagfile():
-  """experiments/results/vdsr_291 was trained with vdsr_paper_36k.flags."""
+@pytest.mark.parametrize('flagfile,run', [
+    ('vdsr_paper_54k.flags', 'vdsr_291'),  # the shipped weights
+    ('vdsr_paper_36k.flags', 'vdsr_291_36k'),
+])
+def test_trained_runs_match_their_flagfiles(flagfile, run):
+  """experiments/results/RUN was trained with experiments/configs/FLAGFILE."""
   code = textwrap.dedent('''
       import sys
       sys.path.insert(0, 'experiments')
       import train as cli
       from vdsr_jax import train
-      cli.FLAGS(['x', '--flagfile=experiments/configs/vdsr_paper_36k.flags',
+      cli.FLAGS(['x', '--flagfile=experiments/configs/__FLAGFILE__',
                  '--workdir=w'])
       now = train.parse_flags_file(train.config_to_flags(
           cli.config_from_flags()))
       then = train.parse_flags_file(
-          open('experiments/results/vdsr_291/flags.txt').read())
+          open('experiments/results/__RUN__/flags.txt').read())
       differ = {k: (then.get(k), now.get(k)) for k in set(then) | set(now)
                 if k not in train.LOOP_FIELDS and then.get(k) != now.get(k)}
       assert not differ, differ
       print('OK')
-  ''')
+  ''').replace('__FLAGFILE__', flagfile).replace('__RUN__', run)
   _run_python_ok(code)
