@@ -59,9 +59,9 @@ ARCHITECTURE = ('depth', 'features', 'residual')
 # logging/evaluation/checkpoint cadence, the process layout. Every other
 # field shapes the optimisation and must match (or be overridden explicitly).
 LOOP_FIELDS = ('data_dir', 'tfds_dir', 'train_images_dir', 'eval_images_dir',
-               'prefetch', 'input_workers', 'log_every', 'checkpoint_every', 'keep_checkpoints',
-               'eval_every', 'eval_scales', 'progress', 'coordinator_address',
-               'num_processes', 'process_id')
+               'prefetch', 'input_workers', 'log_every', 'checkpoint_every',
+               'keep_checkpoints', 'eval_every', 'eval_scales', 'progress',
+               'coordinator_address', 'num_processes', 'process_id')
 FLAGS_FILE = 'flags.txt'
 PARAMS_FILE = 'params.npz'
 
@@ -162,9 +162,8 @@ def _problems(c: TrainConfig):
 
   for name, low in (('max_train_images', 0), ('patch_size', 1),
                     ('batch_size', 1), ('prefetch', 0), ('input_workers', -1),
-                    ('seed', 0),
-                    ('depth', 2), ('features', 1), ('total_steps', 1),
-                    ('decay_every', 0), ('log_every', 1),
+                    ('seed', 0), ('depth', 2), ('features', 1),
+                    ('total_steps', 1), ('decay_every', 0), ('log_every', 1),
                     ('checkpoint_every', 0), ('keep_checkpoints', 1),
                     ('eval_every', 0)):
     message = at_least(name, low)
@@ -599,10 +598,13 @@ class _Metrics:
 
 
 def input_workers(config: TrainConfig, platform: str) -> int:
-  """Input worker processes to use: `config.input_workers`, or if it is -1,
-  none when training on the CPU (the step needs every core) and 2 on an
-  accelerator (a batch is ~5 ms of Python that would otherwise hold the
-  interpreter lock the training loop needs; 2 processes outpace an H200)."""
+  """The number of processes that build a run's training batches.
+
+  `config.input_workers`, or for -1: none when training on the CPU (the
+  step needs every core) and 2 on an accelerator, where building a batch in
+  the training process (~5 ms, mostly Python) would hold the interpreter
+  lock that the loop needs to keep the device busy.
+  """
   if config.input_workers >= 0:
     return config.input_workers
   return 0 if platform == 'cpu' or (os.cpu_count() or 1) < 4 else 2
