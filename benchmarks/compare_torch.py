@@ -2,9 +2,9 @@ r"""VDSR in JAX (this project) against PyTorch, side by side, CPU or GPU.
 
   python benchmarks/compare_torch.py [--repeats=N] [--json_out=FILE]
       [--configs=train_step,infer_512,infer_1080p] [--jax_conv=auto|lax|...]
-      [--device=cpu|gpu] [--precision=default|highest]
+      [--device=cpu|gpu] [--precision=default|highest|bf16]
 
-Three configurations:
+Three configurations, and a fourth on request:
   train_step:  one optimiser update on a batch of 64 41x41 patches. JAX runs
                the project's own jitted step (`train.make_train_step`: MSE,
                adjustable global-norm clipping, SGD momentum 0.9, weight
@@ -15,6 +15,12 @@ Three configurations:
                project runs it; PyTorch: `inference_mode`).
   infer_1080p: the same on 1920x1080 (JAX pads to the 32-pixel bucket,
                1920x1088, i.e. 0.7% more pixels, and still reports 1080p).
+  matmul:      one square matrix product (8192 on GPU, 2048 on CPU) in the
+               precision under test: the matrix units' measured ceiling.
+               With it, every configuration also reports the fraction of
+               that ceiling its TFLOP/s reach (VDSR FLOPs counted
+               analytically: 2 x 9 x Cin x Cout per pixel and layer, x3 for
+               a training step).
 
 Device. `--device=cpu` (default) pins JAX to its CPU backend and PyTorch to
 2 threads; `--device=gpu` runs both on the first GPU (JAX's default backend
@@ -23,8 +29,11 @@ must be CUDA; PyTorch on 'cuda', every timed run ends with a synchronize).
 convolutions on GPU (both allow TF32 on Ampere and later: JAX's default
 precision, PyTorch's `cudnn.allow_tf32 = True`); `highest` asks both for
 full float32 (`jax_default_matmul_precision='highest'`,
-`cudnn.allow_tf32 = False`). Peak memory on GPU is the device's peak
-allocation of each worker (JAX `memory_stats`, PyTorch
+`cudnn.allow_tf32 = False`); `bf16` is mixed precision in both: JAX
+computes the network in bfloat16 with float32 parameters
+(`VDSR(dtype=jnp.bfloat16)`, `network_forward(dtype=...)`), PyTorch runs
+it under `torch.autocast(dtype=torch.bfloat16)`. Peak memory on GPU is the
+device's peak allocation of each worker (JAX `memory_stats`, PyTorch
 `max_memory_allocated`), besides the host RSS.
 
 Method. Each (framework, configuration) runs in its own worker process, so
@@ -47,9 +56,26 @@ import subprocess
 import sys
 import time
 
-CONFIGS = ('train_step', 'infer_512', 'infer_1080p')
+CONFIGS = ('train_step', 'infer_512', 'infer_1080p', 'matmul')
+DEFAULT_CONFIGS = CONFIGS[:3]
 SHAPES = {'infer_512': (512, 512), 'infer_1080p': (1080, 1920)}
 BATCH, PATCH = 64, 41
+DEPTH, FEATURES = 20, 64
+
+
+def _matmul_size() -> int:
+  return 8192 if _device() == 'gpu' else 2048
+
+
+def flops(config: str) -> float:
+  """Floating-point operations of one run of `config` (multiply-add = 2)."""
+  if config == 'matmul':
+    return 2.0 * _matmul_size() ** 3
+  per_pixel = 2 * 9 * (FEATURES + (DEPTH - 2) * FEATURES ** 2 + FEATURES)
+  if config == 'train_step':  # forward, input gradient, weight gradient
+    return 3.0 * per_pixel * BATCH * PATCH * PATCH
+  h, w = SHAPES[config]
+  return float(per_pixel * h * w)
 
 
 def _rss_mb() -> float:
@@ -65,26 +91,38 @@ def _device() -> str:
   return os.environ.get('VDSR_BENCH_DEVICE', 'cpu')
 
 
+def _precision() -> str:
+  return os.environ.get('VDSR_BENCH_PRECISION', 'default')
+
+
 def _jax_runner(config: str, conv_method: str):
   import jax
+  import jax.numpy as jnp
   import numpy as np
   if _device() == 'cpu':
     jax.config.update('jax_platforms', 'cpu')
   elif jax.default_backend() != 'gpu':
     raise RuntimeError(f'--device=gpu but JAX runs on {jax.default_backend()}')
-  if os.environ.get('VDSR_BENCH_PRECISION', 'default') == 'highest':
+  if _precision() == 'highest':
     jax.config.update('jax_default_matmul_precision', 'highest')
+  dtype = jnp.bfloat16 if _precision() == 'bf16' else jnp.float32
   from vdsr_jax import conv
   from vdsr_jax import inference
   from vdsr_jax import models
   from vdsr_jax import train
   conv.METHOD = conv_method
   rng = np.random.default_rng(0)
+  if config == 'matmul':
+    n = _matmul_size()
+    a, b = (jax.device_put(rng.random((n, n), np.float32).astype(dtype))
+            for _ in range(2))
+    product = jax.jit(jnp.matmul)
+    return lambda: product(a, b).block_until_ready()
   if config == 'train_step':
     cfg = train.TrainConfig(batch_size=BATCH, patch_size=PATCH,
                             eval_scales=(), progress=False)
     mesh = train.make_mesh()
-    model = train.create_model(cfg)
+    model = train.create_model(cfg).clone(dtype=dtype)
     tx, schedule = train.create_optimizer(cfg)
     state = train.create_train_state(cfg, model, tx, mesh)
     step = train.make_train_step(cfg, model, tx, schedule, mesh)
@@ -102,7 +140,7 @@ def _jax_runner(config: str, conv_method: str):
   x = jax.device_put(rng.random((1, h, w, 1), np.float32))
 
   def run():
-    inference.network_forward(params, x).block_until_ready()
+    inference.network_forward(params, x, dtype=dtype).block_until_ready()
   return run
 
 
@@ -113,20 +151,31 @@ def _torch_runner(config: str):
   device = 'cuda' if _device() == 'gpu' else 'cpu'
   torch_vdsr.setup(threads=int(os.environ.get('TORCH_THREADS', 2)))
   if device == 'cuda':
-    tf32 = os.environ.get('VDSR_BENCH_PRECISION', 'default') != 'highest'
+    tf32 = _precision() != 'highest'
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True
+  half = torch.bfloat16 if _precision() == 'bf16' else None
+  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+  if config == 'matmul':
+    n = _matmul_size()
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.rand((n, n), generator=gen).to(device, half or torch.float32)
+            for _ in range(2))
+
+    def product():
+      torch.mm(a, b)
+      sync()
+    return product
   channels_last = os.environ.get('TORCH_CHANNELS_LAST', '1') == '1'
   model = torch_vdsr.make_model(channels_last).to(device)
-  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
   if config == 'train_step':
-    step = torch_vdsr.make_train_step(model)
+    step = torch_vdsr.make_train_step(model, autocast_dtype=half)
     x = torch_vdsr.batch((BATCH, 1, PATCH, PATCH), channels_last, 0).to(device)
     y = torch_vdsr.batch((BATCH, 1, PATCH, PATCH), channels_last, 1).to(device)
     return lambda: float(step(x, y))
   h, w = SHAPES[config]
-  forward = torch_vdsr.make_forward(model)
+  forward = torch_vdsr.make_forward(model, autocast_dtype=half)
   x = torch_vdsr.batch((1, 1, h, w), channels_last, 0).to(device)
 
   def run():
@@ -233,10 +282,15 @@ def compare(config: str, repeats: int, conv_method: str) -> dict:
   j, t = _median(jax_ms), _median(torch_ms)
   if config == 'train_step':
     unit, work = 'patches/s', BATCH
+  elif config == 'matmul':
+    unit, work = 'TFLOP/s', flops(config) / 1e12
   else:
     unit, work = 'MP/s', SHAPES[config][0] * SHAPES[config][1] / 1e6
   return {
       'jax_ms': j, 'torch_ms': t, 'speedup': t / j,
+      'flops': flops(config),
+      'jax_tflops': flops(config) / (j / 1e3) / 1e12,
+      'torch_tflops': flops(config) / (t / 1e3) / 1e12,
       'jax_throughput': work / (j / 1e3), 'torch_throughput': work / (t / 1e3),
       'throughput_unit': unit,
       'jax_ms_all': jax_ms, 'torch_ms_all': torch_ms,
@@ -264,15 +318,17 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--repeats', type=int, default=5)
   p.add_argument('--json_out', default=None)
-  p.add_argument('--configs', default=','.join(CONFIGS))
+  p.add_argument('--configs', default=','.join(DEFAULT_CONFIGS),
+                 help=f'Comma-separated, from {CONFIGS}.')
   p.add_argument('--jax_conv', default='auto',
                  help="vdsr_jax.conv.METHOD for the JAX side ('auto': the "
                       "library default).")
   p.add_argument('--device', default='cpu', choices=('cpu', 'gpu'))
   p.add_argument('--precision', default='default',
-                 choices=('default', 'highest'),
-                 help='float32 convolutions on GPU: default (TF32 allowed '
-                      'in both frameworks) or highest (full float32).')
+                 choices=('default', 'highest', 'bf16'),
+                 help='default: float32, TF32 allowed on GPU in both '
+                      'frameworks; highest: full float32; bf16: bfloat16 '
+                      'mixed precision in both.')
   p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.worker:  # device and precision come from the parent's environment
@@ -302,6 +358,16 @@ def main(argv=None):
           f'{r["torch_" + mem]:8.0f} '
           f'{r["loadavg_1m_before"]:4.1f}/{r["loadavg_1m_after"]:<4.1f}'
           f'  ({r["throughput_unit"]})', flush=True)
+  if 'matmul' in results:
+    print(f'\n{"config":12s} {"jax TFLOP/s":>12s} {"torch TFLOP/s":>14s} '
+          f'(fraction of the measured matmul ceiling)')
+    for c in configs:
+      for fw in ('jax', 'torch'):
+        results[c][f'{fw}_of_ceiling'] = (
+            results[c][f'{fw}_tflops'] / results['matmul'][f'{fw}_tflops'])
+      r = results[c]
+      print(f'{c:12s} {r["jax_tflops"]:7.2f} ({r["jax_of_ceiling"]:4.0%}) '
+            f'{r["torch_tflops"]:8.2f} ({r["torch_of_ceiling"]:4.0%})')
   if args.json_out:
     with open(args.json_out, 'w') as f:
       json.dump(results, f, indent=2)

@@ -14,7 +14,8 @@ torch.optim.SGD decays every parameter (the JAX chain decays kernels only)
 and scales by lr after the momentum buffer (the JAX chain inside it).
 """
 
-from typing import Tuple
+import contextlib
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -59,18 +60,33 @@ def make_model(channels_last: bool = True, depth: int = 20,
   return model
 
 
+def _autocast(device: str, dtype: Optional[torch.dtype]):
+  """bf16/fp16 autocast on `device` ('cpu' or 'cuda'), or nothing."""
+  if dtype is None:
+    return contextlib.nullcontext()
+  return torch.autocast(device_type=device, dtype=dtype)
+
+
 def make_train_step(model: VDSR, learning_rate: float = 0.1,
                     clip_theta: float = 0.4, momentum: float = 0.9,
-                    weight_decay: float = 1e-4):
-  """Returns step(inputs, targets) -> loss: one SGD+clip update in place."""
+                    weight_decay: float = 1e-4,
+                    autocast_dtype: Optional[torch.dtype] = None):
+  """Returns step(inputs, targets) -> loss: one SGD+clip update in place.
+
+  `autocast_dtype=torch.bfloat16` runs the forward pass (and so its
+  backward) under autocast: mixed precision with float32 parameters.
+  """
   opt = torch.optim.SGD(model.parameters(), lr=learning_rate,
                         momentum=momentum, weight_decay=weight_decay)
   max_norm = clip_theta / learning_rate
   loss_fn = nn.MSELoss()
+  device = next(model.parameters()).device.type
 
   def step(inputs: torch.Tensor, targets: torch.Tensor) -> float:
     opt.zero_grad(set_to_none=True)
-    loss = loss_fn(model(inputs), targets)
+    with _autocast(device, autocast_dtype):
+      out = model(inputs)
+    loss = loss_fn(out.float(), targets)
     loss.backward()
     nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     opt.step()
@@ -79,12 +95,13 @@ def make_train_step(model: VDSR, learning_rate: float = 0.1,
   return step
 
 
-def make_forward(model: VDSR):
-  """Returns forward(x) under inference_mode."""
+def make_forward(model: VDSR, autocast_dtype: Optional[torch.dtype] = None):
+  """Returns forward(x) under inference_mode (and autocast, if given)."""
   model.eval()
+  device = next(model.parameters()).device.type
 
   def forward(x: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(device, autocast_dtype):
       return model(x)
 
   return forward

@@ -77,7 +77,8 @@ def test_one_compilation_per_bucket():
   from vdsr_jax import models  # pylint: disable=g-import-not-at-top
   params = models.init_params(jax.random.PRNGKey(0),
                               models.VDSR(depth=3, features=4), 9)
-  forward = inference._compiled_forward(3, 4, True)  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  forward = inference._compiled_forward(3, 4, True, 'float32')
   before = forward._cache_size()  # pylint: disable=protected-access
   rng = np.random.default_rng(0)
   # Five sizes, all inside the same 32x32 bucket.

@@ -80,6 +80,19 @@ def test_masked_padding_changes_no_output_pixel():
   assert np.abs(np.asarray(leaky - ref)).max() > 1.0
 
 
+def test_bfloat16_forward_is_close_to_float32():
+  model = models.VDSR(depth=4, features=8)
+  params = models.init_params(jax.random.PRNGKey(5), model, 9)
+  x = jax.random.uniform(jax.random.PRNGKey(6), (1, 19, 23, 1))
+  ref = inference.network_forward(params, x)
+  half = inference.network_forward(params, x, dtype=jnp.bfloat16)
+  assert half.dtype == jnp.float32 and half.shape == ref.shape
+  residual = np.asarray(ref - x)
+  error = np.asarray(half - ref)
+  # bf16 keeps 8 significant bits: the residual is off by ~1%, not more.
+  assert 0 < np.abs(error).max() < 0.05 * np.abs(residual).max()
+
+
 def test_wrong_input_shape():
   model = models.VDSR(depth=3, features=4)
   params = models.init_params(jax.random.PRNGKey(0), model, 9)
