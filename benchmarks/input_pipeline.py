@@ -50,7 +50,6 @@ def process_cpu_seconds() -> float:
 
 
 def measure(images, config, workers: int, batches: int, warmup: int):
-  prepared = input_pipeline.prepare_images(images, config.downscale_factors)
   with input_pipeline.PatchPipeline(images, config, workers=workers) as p:
     first = next(p)
     for _ in range(warmup - 1):
@@ -59,7 +58,7 @@ def measure(images, config, workers: int, batches: int, warmup: int):
     for _ in range(batches):
       next(p)
     cpu, wall = process_cpu_seconds() - cpu, time.perf_counter() - wall
-  want = input_pipeline.make_batch(prepared, config, 0)
+  want = input_pipeline.make_batch(p.prepared, config, 0)
   same = all(np.array_equal(first[k], want[k]) for k in want)
   return {'batches_per_sec': batches / wall,
           'process_cpu_ms_per_batch': 1e3 * cpu / batches,

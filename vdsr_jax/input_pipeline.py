@@ -474,11 +474,17 @@ def _worker_init(prepared, config, process_index, process_count) -> None:
                  process_index=process_index, process_count=process_count)
 
 
+def _build_batch(prepared, config, step, process_index,
+                 process_count) -> Batch:
+  """`make_batch` without re-checking `prepared` (checked once up front)."""
+  specs = draw_specs(prepared, config, step, process_index, process_count)
+  return patches_from_specs(prepared, specs, config.patch_size)
+
+
 def _worker_batch(step: int) -> Batch:
   w = _WORKER
-  specs = draw_specs(w['prepared'], w['config'], step, w['process_index'],
-                     w['process_count'])
-  return patches_from_specs(w['prepared'], specs, w['config'].patch_size)
+  return _build_batch(w['prepared'], w['config'], step, w['process_index'],
+                      w['process_count'])
 
 
 class PatchPipeline:
@@ -544,9 +550,8 @@ class PatchPipeline:
     return self._next_step
 
   def _batch(self, step: int) -> Batch:
-    specs = draw_specs(self.prepared, self.config, step, self.process_index,
-                       self.process_count)
-    return patches_from_specs(self.prepared, specs, self.config.patch_size)
+    return _build_batch(self.prepared, self.config, step, self.process_index,
+                        self.process_count)
 
   def _submit(self) -> None:
     """Keeps the worker processes `prefetch + workers` steps ahead."""

@@ -629,20 +629,22 @@ class _Run:
     self.last_loss = None
     self.step_fn = step_fn
     self.metrics = _Metrics()
+    platform = mesh.devices.flat[0].platform
+    workers = input_workers(config, platform)
     try:
       self.pipeline = input_pipeline.PatchPipeline(
           train_images, config.pipeline_config(), start_step=start,
           process_index=jax.process_index(),
           process_count=jax.process_count(), prefetch=config.prefetch,
-          workers=input_workers(config, mesh.devices.flat[0].platform))
+          workers=workers)
     except ValueError as e:
       raise ConfigError(str(e)) from None
     self.reporter = reporting.Reporter(workdir, start_step=start,
                                        enabled=self.primary)
     self.reporter.write_session(start, {
         'conv': conv.resolve_method(config.features, config.features),
-        'platform': mesh.devices.flat[0].platform,
-        'input_workers': input_workers(config, mesh.devices.flat[0].platform),
+        'platform': platform,
+        'input_workers': workers,
         'devices': int(mesh.devices.size),
         'processes': jax.process_count(),
         **({'changed_flags': changed_flags} if changed_flags else {})})
