@@ -32,14 +32,6 @@ from vdsr_jax import weights as weights_lib
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def data_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get('VDSR_DATA_DIR',
-                                     REPO.parent / 'shared' / 'datasets'))
-
-
-OFFICIAL_MAT = data_dir().parent / 'reference' / 'VDSR_Official.mat'
-
-
 @pytest.fixture(scope='module')
 def tiny_params():
   return models.init_params(jax.random.PRNGKey(0),
@@ -206,11 +198,10 @@ def test_rgba_alpha_is_bicubic(tiny_params):
   assert np.abs(out[..., 3].astype(int) - expected).max() <= 1
 
 
-def test_gray_matches_evaluation_protocol_official_weights():
-  if not OFFICIAL_MAT.exists():
-    pytest.skip(f'{OFFICIAL_MAT} not found')
-  params = weights_lib.load_params(OFFICIAL_MAT)
-  hr = image_io.read_image(data_dir() / 'Set5' / 'butterfly.png')
+def test_gray_matches_evaluation_protocol_official_weights(datasets_dir,
+                                                           reference_dir):
+  params = weights_lib.load_params(reference_dir / 'VDSR_Official.mat')
+  hr = image_io.read_image(datasets_dir / 'Set5' / 'butterfly.png')
   hr = hr[64:144, 96:176]  # 80x80 crop with edges.
   # Gray: the float LR of the protocol gives exactly the protocol's Y.
   hr_y = evaluation.luminance_uint8(hr)
