@@ -10,6 +10,7 @@ from vdsr_jax import conv
 from vdsr_jax import models
 from vdsr_jax.native import build
 from vdsr_jax.native import dnnl
+from vdsr_jax.native import winograd
 
 
 def _conv64(x, w):
@@ -44,7 +45,9 @@ def _data(shape, cout, seed=0):
   return x, w, dy
 
 
-@pytest.mark.parametrize('method', conv.METHODS)
+# 'native_winograd' needs channel counts in multiples of 16: tested below.
+@pytest.mark.parametrize('method', [m for m in conv.METHODS
+                                    if m != 'native_winograd'])
 @pytest.mark.parametrize('shape,cout', [((2, 7, 9, 5), 6),
                                         ((1, 5, 4, 3), 1),
                                         ((3, 6, 6, 1), 4)])
@@ -60,7 +63,43 @@ def test_matches_float64_reference(method, shape, cout):
   assert _rel(dw, ref_dw) < 1e-3
 
 
-@pytest.mark.parametrize('method', ['dnnl', 'shift', 'winograd2', 'winograd4'])
+@pytest.mark.parametrize('shape,cout', [((2, 7, 9, 16), 32),
+                                        ((1, 1, 1, 32), 16),
+                                        ((3, 2, 3, 16), 16),
+                                        ((1, 13, 6, 48), 64),
+                                        ((2, 4, 8, 64), 80)])
+def test_native_winograd_matches_float64_reference(shape, cout):
+  # Image sizes below, at and above one 4x4 tile, partial border tiles, and
+  # every register block width of the GEMMs (16..80 output channels).
+  x, w, dy = _data(shape, cout)
+  f = jax.jit(lambda x, w: conv.conv3x3(x, w, method='native_winograd'))
+  y, vjp = jax.vjp(f, jnp.float32(x), jnp.float32(w))
+  dx, dw = vjp(jnp.float32(dy))
+  ref_dx, ref_dw = _conv64_vjp(x, w, dy)
+  assert y.shape == dy.shape and dx.shape == x.shape and dw.shape == w.shape
+  assert _rel(y, _conv64(x, w)) < 1e-5
+  assert _rel(dx, ref_dx) < 1e-5
+  assert _rel(dw, ref_dw) < 1e-5
+
+
+def test_native_winograd_errors():
+  with pytest.raises(ValueError, match='multiples of 16, got 8 -> 16'):
+    winograd.conv3x3(jnp.ones((1, 4, 4, 8)), jnp.ones((3, 3, 8, 16)))
+  with pytest.raises(ValueError, match='multiples of 16, got 16 -> 1'):
+    conv.conv3x3(jnp.ones((1, 4, 4, 16)), jnp.ones((3, 3, 16, 1)),
+                 method='native_winograd')
+  with pytest.raises(TypeError, match='float32 only'):
+    winograd.conv3x3(jnp.ones((1, 4, 4, 16), jnp.bfloat16),
+                     jnp.ones((3, 3, 16, 16), jnp.bfloat16))
+  with pytest.raises(ValueError, match=r'\(3, 3, Cin, Cout\)'):
+    winograd.conv3x3(jnp.ones((1, 4, 4, 16)), jnp.ones((3, 3, 32, 16)))
+  with pytest.raises(ValueError, match='float32 bias of shape'):
+    winograd.conv3x3_bias_relu(jnp.ones((1, 4, 4, 16)),
+                               jnp.ones((3, 3, 16, 16)), jnp.ones((2,)))
+
+
+@pytest.mark.parametrize('method', ['dnnl', 'native_winograd', 'shift',
+                                    'winograd2', 'winograd4'])
 def test_vdsr_sized_layer(method):
   # Odd 41x41 patches, VDSR's hidden width; F(4x4) is the least accurate.
   cout = 1 if method == 'shift' else 64
@@ -71,10 +110,11 @@ def test_vdsr_sized_layer(method):
   assert _rel(y, _conv64(x, w)) < 1e-5
 
 
-@pytest.mark.parametrize('method', ['shift', 'dnnl'])
-def test_bias_and_vmap(method):
-  x, w, _ = _data((4, 2, 5, 6, 3), 2)
-  b = np.arange(2.0)
+@pytest.mark.parametrize('method,cin,cout', [('shift', 3, 2), ('dnnl', 3, 2),
+                                             ('native_winograd', 16, 32)])
+def test_bias_and_vmap(method, cin, cout):
+  x, w, _ = _data((4, 2, 5, 6, cin), cout)
+  b = np.arange(float(cout))
   f = jax.vmap(lambda x: conv.conv3x3(x, jnp.float32(w), jnp.float32(b),
                                       method=method))
   y = jax.jit(f)(jnp.float32(x))
@@ -94,17 +134,28 @@ def test_native_kernels_are_built():
     assert len(infos) == 4
     for info in infos:
       assert 'ref' not in info, (shape, info)
+  # The Winograd kernels run wherever the CPU has AVX-512F (this one has).
+  with open('/proc/cpuinfo') as f:
+    has_avx512 = ' avx512f' in f.read()
+  assert dnnl.winograd_supported() == has_avx512
 
 
 def test_auto_method_choice(monkeypatch):
   on_cpu = jax.default_backend() == 'cpu'
-  assert conv.resolve_method(64, 64, 'auto') == ('dnnl' if on_cpu else 'lax')
+  wino = 'native_winograd' if dnnl.winograd_supported() else 'dnnl'
+  assert conv.resolve_method(64, 64, 'auto') == (wino if on_cpu else 'lax')
+  assert conv.resolve_method(16, 16, 'auto') == (wino if on_cpu else 'lax')
+  assert conv.resolve_method(1, 64, 'auto') == ('dnnl' if on_cpu else 'lax')
   assert conv.resolve_method(64, 1, 'auto') == ('dnnl' if on_cpu else 'lax')
+  assert conv.resolve_method(64, 24, 'auto') == ('dnnl' if on_cpu else 'lax')
   # oneDNN is float32 only; other dtypes keep XLA's paths.
   assert conv.resolve_method(64, 64, 'auto', jnp.bfloat16) == 'lax'
   assert conv.resolve_method(64, 1, 'auto', jnp.bfloat16) == (
       'shift' if on_cpu else 'lax')
   # Without the built kernels, 'auto' falls back to XLA's paths.
+  monkeypatch.setattr(dnnl, 'winograd_supported', lambda: False)
+  assert conv.resolve_method(64, 64, 'auto') == (
+      'dnnl' if on_cpu else 'lax')
   monkeypatch.setattr(dnnl, 'available', lambda: False)
   assert conv.resolve_method(64, 64, 'auto') == 'lax'
   assert conv.resolve_method(64, 1, 'auto') == ('shift' if on_cpu else 'lax')
@@ -195,10 +246,10 @@ def test_native_build_writes_library_and_stamp(tmp_path):
 def test_native_stale_or_broken_library_is_refused(tmp_path):
   stale = tmp_path / 'stale.so'
   stale.write_bytes(dnnl.LIBRARY.read_bytes())
-  with pytest.raises(RuntimeError, match='another version'):
+  with pytest.raises(RuntimeError, match='other versions'):
     dnnl._library(str(stale))  # no stamp
   (tmp_path / 'stale.so.sha256').write_text('0' * 64)
-  with pytest.raises(RuntimeError, match='another version.*Rebuild'):
+  with pytest.raises(RuntimeError, match='other versions.*Rebuild'):
     dnnl._library(str(stale))
   broken = tmp_path / 'broken.so'
   broken.write_bytes(b'not a shared library')
@@ -207,10 +258,12 @@ def test_native_stale_or_broken_library_is_refused(tmp_path):
     dnnl._library(str(broken))
 
 
-@pytest.mark.parametrize('method', ['dnnl', 'lax', 'shift'])
-def test_fused_bias_relu_matches_reference(method):
-  x, w, dy = _data((2, 9, 11, 5), 6, seed=3)
-  b = np.linspace(-0.5, 0.5, 6)
+@pytest.mark.parametrize('method,cin,cout', [('dnnl', 5, 6), ('lax', 5, 6),
+                                             ('shift', 5, 6),
+                                             ('native_winograd', 16, 32)])
+def test_fused_bias_relu_matches_reference(method, cin, cout):
+  x, w, dy = _data((2, 9, 11, cin), cout, seed=3)
+  b = np.linspace(-0.5, 0.5, cout)
   f = jax.jit(lambda x, w, b: conv.conv3x3(x, w, b, method=method, relu=True))
   y, vjp = jax.vjp(f, jnp.float32(x), jnp.float32(w), jnp.float32(b))
   dx, dw, db = vjp(jnp.float32(dy))
@@ -230,10 +283,11 @@ def test_fused_bias_relu_errors():
                            jnp.ones((2,)))
 
 
-@pytest.mark.parametrize('method', ['dnnl', 'lax'])
-def test_fused_mask_matches_reference(method):
-  x, w, dy = _data((2, 9, 11, 5), 6, seed=4)
-  b = np.linspace(-0.5, 0.5, 6)
+@pytest.mark.parametrize('method,cin,cout', [('dnnl', 5, 6), ('lax', 5, 6),
+                                             ('native_winograd', 16, 16)])
+def test_fused_mask_matches_reference(method, cin, cout):
+  x, w, dy = _data((2, 9, 11, cin), cout, seed=4)
+  b = np.linspace(-0.5, 0.5, cout)
   mask = np.ones((2, 9, 11, 1))
   mask[0, 6:] = 0
   mask[1, :, 8:] = 0

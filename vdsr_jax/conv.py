@@ -4,12 +4,19 @@
 layer at trace time (`resolve_method`), from `METHOD` and
 `jax.default_backend()`:
 
+  'native_winograd'
+           Winograd F(4x4, 3x3) in C++ (vdsr_jax/native/winograd_conv.cc,
+           built with the oneDNN kernels): forward, input and weight
+           gradients with 4x fewer multiplies, the tile transforms done
+           block by block in cache. Needs AVX-512F and channel counts that
+           are multiples of 16. 'auto' uses it on CPU for float32 layers
+           it supports (VDSR's 64 -> 64): ~2.3x faster than 'dnnl' per
+           layer on the 2-core benchmark machine (benchmarks/RESULTS.md).
   'dnnl'   oneDNN's convolutions as XLA FFI custom calls, forward, input
            and weight gradients (vdsr_jax/native; built once with
            `python -m vdsr_jax.native.build`). 'auto' uses it on CPU for
-           float32 whenever it is built: ~2.4x faster than 'lax' per
-           64 -> 64 layer on the 2-core benchmark machine (benchmarks/
-           RESULTS.md).
+           the other float32 layers (VDSR's first and last) whenever it is
+           built: ~2.4x faster than 'lax' per 64 -> 64 layer.
   'lax'    XLA's convolution (lax.conv_general_dilated). On GPU/TPU always;
            on CPU when the oneDNN kernels are not built (for 64 -> 64 and
            1 -> 64 layers; no jnp-level alternative below beat it).
@@ -26,7 +33,8 @@ layer at trace time (`resolve_method`), from `METHOD` and
            weight gradient is G^T [V^T dM] G, large GEMMs over all tiles).
            Opt-in only: under XLA the transformed tiles are materialised
            in memory and the GEMMs (K = Cin = 64) are memory-bound, so on
-           the benchmark CPU they were ~1.5-2x *slower* than 'lax'.
+           the benchmark CPU they were ~1.5-2x *slower* than 'lax' (which
+           is why 'native_winograd' exists).
   'gemm', 'lax_gemm_wgrad'
            custom VJPs: im2col GEMM forward/input gradient and/or the weight
            gradient as im2col(x)^T @ dy. Opt-in only, slower than 'lax' on
@@ -46,12 +54,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdsr_jax.native import dnnl
+from vdsr_jax.native import winograd
 
 # 'auto' or one of METHODS. Read at trace time: set it before the first call
 # of a jitted function (jit caches do not see later changes).
 METHOD = 'auto'
-METHODS = ('lax', 'dnnl', 'shift', 'winograd2', 'winograd4', 'gemm',
-           'lax_gemm_wgrad')
+METHODS = ('lax', 'native_winograd', 'dnnl', 'shift', 'winograd2',
+           'winograd4', 'gemm', 'lax_gemm_wgrad')
 # On CPU, 'auto' uses 'shift' for layers with fewer output channels.
 MIN_GEMM_CHANNELS = 16
 
@@ -68,24 +77,7 @@ _F2 = dict(
     AT=np.array([[1, 1, 1, 0],
                  [0, 1, -1, -1]], np.float64),
 )
-_F4 = dict(
-    BT=np.array([[4, 0, -5, 0, 1, 0],
-                 [0, -4, -4, 1, 1, 0],
-                 [0, 4, -4, -1, 1, 0],
-                 [0, -2, -1, 2, 1, 0],
-                 [0, 2, -1, -2, 1, 0],
-                 [0, 4, 0, -5, 0, 1]], np.float64),
-    G=np.array([[1 / 4, 0, 0],
-                [-1 / 6, -1 / 6, -1 / 6],
-                [-1 / 6, 1 / 6, -1 / 6],
-                [1 / 24, 1 / 12, 1 / 6],
-                [1 / 24, -1 / 12, 1 / 6],
-                [0, 0, 1]], np.float64),
-    AT=np.array([[1, 1, 1, 1, 1, 0],
-                 [0, 1, -1, 2, -2, 0],
-                 [0, 1, 1, 4, 4, 0],
-                 [0, 1, -1, 8, -8, 1]], np.float64),
-)
+_F4 = dict(BT=winograd.BT, G=winograd.G, AT=winograd.AT)
 _WINOGRAD = {'winograd2': (2, _F2), 'winograd4': (4, _F4)}
 
 
@@ -105,14 +97,6 @@ def _combine(terms, coeffs):
     t = t if c == 1 else (-t if c == -1 else t * np.asarray(c, t.dtype))
     out = t if out is None else out + t
   return out
-
-
-def _transform_kernel(kernel: jax.Array, g: np.ndarray) -> jax.Array:
-  """(3, 3, Cin, Cout) -> (alpha^2, Cin, Cout): U = G w G^T per channel pair."""
-  g = jnp.asarray(g, kernel.dtype)
-  u = jnp.einsum('ai,ijco,bj->abco', g, kernel, g,
-                 precision=jax.lax.Precision.HIGHEST)
-  return u.reshape((-1,) + kernel.shape[2:])
 
 
 def winograd_conv3x3(x: jax.Array, kernel: jax.Array, m: int = 2) -> jax.Array:
@@ -143,7 +127,7 @@ def winograd_conv3x3(x: jax.Array, kernel: jax.Array, m: int = 2) -> jax.Array:
     cols = [r[:, :, j:j + m * (tx - 1) + 1:m] for j in range(alpha)]
     v.extend(_combine(cols, bt[b]) for b in range(alpha))
   v = jnp.stack(v).reshape(alpha * alpha, n * ty * tx, cin)
-  u = _transform_kernel(kernel, mats['G']).astype(x.dtype)
+  u = winograd.transform_kernel(kernel, mats['G']).astype(x.dtype)
   mm = jax.lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))
   mm = mm.reshape(alpha, alpha, n, ty, tx, cout)
   # Y = A^T M A, tile by tile, then interleave the m x m tiles.
@@ -235,11 +219,10 @@ def resolve_method(cin: int, cout: int, method: Optional[str] = None,
   method = METHOD if method is None else method
   if method != 'auto':
     return method
-  del cin
   if jax.default_backend() != 'cpu':
     return 'lax'
   if jnp.dtype(dtype) == jnp.float32 and dnnl.available():
-    return 'dnnl'
+    return 'native_winograd' if winograd.supports(cin, cout) else 'dnnl'
   if cout < MIN_GEMM_CHANNELS:
     return 'shift'
   return 'lax'
@@ -255,8 +238,8 @@ def conv3x3(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None,
     kernel: (3, 3, Cin, Cout) HWIO kernel.
     bias: optional (Cout,).
     method: override of the module-level `METHOD`.
-    relu: apply ReLU to the result; with 'dnnl' and a bias, it is fused into
-      the convolution (one memory pass less).
+    relu: apply ReLU to the result; with 'dnnl' or 'native_winograd' and a
+      bias, it is fused into the convolution (one memory pass less).
     mask: optional (N, H, W, 1) 0/1 array multiplied into the result (after
       the ReLU); a constant, no gradient flows to it.
 
@@ -267,11 +250,15 @@ def conv3x3(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None,
   method = resolve_method(x.shape[-1], kernel.shape[-1], method, x.dtype)
   if mask is not None:
     mask = jax.lax.stop_gradient(mask.astype(x.dtype))
-  if method == 'dnnl' and relu and bias is not None:
-    y = dnnl.conv3x3_bias_relu(x, kernel, bias.astype(x.dtype))
+  fused = {'dnnl': dnnl.conv3x3_bias_relu,
+           'native_winograd': winograd.conv3x3_bias_relu}.get(method)
+  if fused is not None and relu and bias is not None:
+    y = fused(x, kernel, bias.astype(x.dtype))
     return y if mask is None else y * mask
   if method == 'lax':
     y = lax_conv3x3(x, kernel)
+  elif method == 'native_winograd':
+    y = winograd.conv3x3(x, kernel)
   elif method == 'dnnl':
     y = dnnl.conv3x3(x, kernel)
   elif method == 'shift':

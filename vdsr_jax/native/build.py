@@ -1,11 +1,12 @@
-r"""Builds the oneDNN convolution kernels: `python -m vdsr_jax.native.build`.
+r"""Builds the native convolution kernels: `python -m vdsr_jax.native.build`.
 
-Compiles dnnl_conv.cc against JAX's XLA FFI headers (`jax.ffi.include_dir()`)
-and the oneDNN headers and library of the `onednn-devel-cpu-gomp` wheel
-(installed under `sys.prefix`), into `_dnnl_conv.so` next to this file. The
-file is written under a temporary name and renamed, so a failed build
-leaves no partial library behind; `_dnnl_conv.so.sha256` records the
-source it was built from, so a stale build is refused at load time.
+Compiles dnnl_conv.cc and winograd_conv.cc (AVX-512 code, OpenMP) against
+JAX's XLA FFI headers (`jax.ffi.include_dir()`) and the oneDNN headers and
+library of the `onednn-devel-cpu-gomp` wheel (installed under `sys.prefix`),
+into one library, `_dnnl_conv.so`, next to this file. The file is written
+under a temporary name and renamed, so a failed build leaves no partial
+library behind; `_dnnl_conv.so.sha256` records the sources it was built
+from, so a stale build is refused at load time.
 """
 
 import argparse
@@ -46,24 +47,33 @@ def build(output: pathlib.Path = dnnl.LIBRARY, compiler: str = 'g++',
   output = pathlib.Path(output)
   fd, tmp = tempfile.mkstemp(suffix='.so.tmp', dir=output.parent)
   os.close(fd)
-  cmd = [compiler, '-O2', '-std=c++17', '-shared', '-fPIC', '-w',
-         str(dnnl.SOURCE), f'-I{jax.ffi.include_dir()}',
-         f'-I{prefix / "include"}',
-         f'-L{prefix / "lib"}', '-ldnnl', f'-Wl,-rpath,{prefix / "lib"}',
-         '-o', tmp]
-  if verbose:
-    print(' '.join(cmd))
+  # dnnl_conv.cc for any x86-64; winograd_conv.cc for AVX-512 (its kernels
+  # are only called where dnnl.winograd_supported() says the CPU has it).
+  objects = [f'{tmp}.{src.stem}.o' for src in dnnl.SOURCES]
+  isa = {'dnnl_conv': [], 'winograd_conv': ['-O3', '-mavx512f', '-mfma']}
+  cmds = [[compiler, '-O2', '-std=c++17', '-fPIC', '-fopenmp', '-w', '-c',
+           str(src), *isa[src.stem], f'-I{jax.ffi.include_dir()}',
+           f'-I{prefix / "include"}', '-o', obj]
+          for src, obj in zip(dnnl.SOURCES, objects)]
+  cmds.append([compiler, '-shared', '-fopenmp', *objects,
+               f'-L{prefix / "lib"}', '-ldnnl',
+               f'-Wl,-rpath,{prefix / "lib"}', '-o', tmp])
   try:
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-      raise BuildError(f'{compiler} failed (exit {result.returncode}):\n'
-                       f'{result.stderr[-4000:]}')
+    for cmd in cmds:
+      if verbose:
+        print(' '.join(cmd))
+      result = subprocess.run(cmd, capture_output=True, text=True,
+                              check=False)
+      if result.returncode != 0:
+        raise BuildError(f'{compiler} failed (exit {result.returncode}):\n'
+                         f'{result.stderr[-4000:]}')
     os.chmod(tmp, 0o755)
     dnnl.stamp_path(output).write_text(dnnl.source_hash() + '\n')
     os.replace(tmp, output)
   finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+    for path in [tmp, *objects]:
+      if os.path.exists(path):
+        os.remove(path)
   return output
 
 

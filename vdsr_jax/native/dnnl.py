@@ -19,13 +19,19 @@ import jax.numpy as jnp
 
 _HERE = pathlib.Path(__file__).resolve().parent
 SOURCE = _HERE / 'dnnl_conv.cc'
+# Every source of the library: the oneDNN handlers and the Winograd kernels
+# (winograd_conv.cc, wrapped by vdsr_jax.native.winograd).
+SOURCES = (SOURCE, _HERE / 'winograd_conv.cc')
 # Written by `python -m vdsr_jax.native.build`, with its stamp beside it.
 LIBRARY = _HERE / '_dnnl_conv.so'
 
 
 def source_hash() -> str:
-  """sha256 of dnnl_conv.cc, recorded by the build and checked on load."""
-  return hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+  """sha256 of the sources, recorded by the build and checked on load."""
+  digest = hashlib.sha256()
+  for source in SOURCES:
+    digest.update(hashlib.sha256(source.read_bytes()).digest())
+  return digest.hexdigest()
 
 
 def stamp_path(library) -> pathlib.Path:
@@ -37,6 +43,8 @@ _TARGETS = {
     'vdsr_dnnl_conv_bias_relu_fwd': 'VdsrDnnlConvBiasReluFwd',
     'vdsr_dnnl_conv_bwd_data': 'VdsrDnnlConvBwdData',
     'vdsr_dnnl_conv_bwd_weights': 'VdsrDnnlConvBwdWeights',
+    'vdsr_winograd_fwd': 'VdsrWinogradFwd',
+    'vdsr_winograd_bwd_weights': 'VdsrWinogradBwdWeights',
 }
 
 
@@ -54,7 +62,8 @@ def _library(path: str) -> Optional[ctypes.CDLL]:
   stamp = stamp_path(path)
   built_from = stamp.read_text().strip() if stamp.is_file() else None
   if built_from != source_hash():
-    raise RuntimeError(f'{path} was built from another version of {SOURCE} '
+    raise RuntimeError(f'{path} was built from other versions of '
+                       f'{", ".join(src.name for src in SOURCES)} '
                        f'(or its {stamp.name} is missing). {rebuild}')
   try:
     lib = ctypes.CDLL(path)
@@ -69,6 +78,12 @@ def _library(path: str) -> Optional[ctypes.CDLL]:
 def available() -> bool:
   """True if the kernels are built and registered (loading them if needed)."""
   return _library(str(LIBRARY)) is not None
+
+
+def winograd_supported() -> bool:
+  """True if the Winograd kernels are built and this CPU has AVX-512F."""
+  lib = _library(str(LIBRARY))
+  return lib is not None and bool(lib.VdsrWinogradSupported())
 
 
 def _lib() -> ctypes.CDLL:

@@ -1,0 +1,434 @@
+// Winograd F(4x4, 3x3) convolutions of VDSR on AVX-512 CPUs, as XLA FFI
+// handlers (Lavin & Gray, "Fast Algorithms for Convolutional Neural
+// Networks", CVPR 2016).
+//
+// A 3x3 'SAME' convolution of a 4x4 output tile needs 16*9 = 144 multiplies
+// per channel pair done directly, and 36 in Winograd's transformed space:
+// every 6x6 input tile d is transformed to V = B^T d B, multiplied
+// elementwise by the transformed kernel U = G w G^T (summed over input
+// channels: 36 small GEMMs), and transformed back, Y = A^T M A. VDSR's
+// 64 -> 64 layers already run at this CPU's float32 GEMM speed with direct
+// convolutions (oneDNN, dnnl_conv.cc), so fewer multiplies is the only way
+// to make them faster in float32. The transforms are done block by block
+// (kBlockTiles tiles at a time, in cache), never materialised for the whole
+// image, which is what made the jnp version (vdsr_jax/conv.py, 'winograd4')
+// memory-bound and slow.
+//
+//   VdsrWinogradFwd(x[N,H,W,C], u[36,C,K], b[K]; relu) -> y[N,H,W,K]
+//     y = conv(x, w) + b, then ReLU if `relu`; u = G w G^T (from JAX).
+//     With the rotated, transposed kernel and a zero bias this is also the
+//     input gradient of a convolution.
+//   VdsrWinogradBwdWeights(x[N,H,W,C], dy[N,H,W,K]) -> du[36,C,K]
+//     du[xi] = sum over tiles of (B^T x B)[xi] (A dy A^T)[xi]^T, the
+//     gradient with respect to u; JAX finishes dw = G^T du G.
+//
+// float32, NHWC / position-major layouts, C and K multiples of 16, stride 1,
+// zero padding 1. Threads: OpenMP over tile blocks; no state between calls.
+
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kM = 4;            // output tile size
+constexpr int kAlpha = 6;        // input tile size, kM + 3 - 1
+constexpr int kPos = 36;         // kAlpha^2 transformed positions
+constexpr int kRows = 6;         // tiles (or channels) per GEMM micro-tile
+constexpr int kBlockTiles = 48;  // tiles per block: a multiple of kRows
+
+struct FreeDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+using Buffer = std::unique_ptr<float[], FreeDeleter>;
+
+Buffer Allocate(int64_t floats) {
+  const size_t bytes = ((static_cast<size_t>(floats) * 4 + 63) / 64) * 64;
+  return Buffer(static_cast<float*>(std::aligned_alloc(64, bytes)));
+}
+
+// The tiling of an (N, H, W, *) activation into 4x4 output tiles.
+struct Tiling {
+  int64_t n, h, w, ty, tx, tiles;
+  Tiling(int64_t n_, int64_t h_, int64_t w_)
+      : n(n_), h(h_), w(w_), ty((h_ + kM - 1) / kM), tx((w_ + kM - 1) / kM),
+        tiles(n_ * ty * tx) {}
+  void Locate(int64_t t, int64_t* b, int64_t* i, int64_t* j) const {
+    *j = t % tx;
+    *i = (t / tx) % ty;
+    *b = t / (tx * ty);
+  }
+};
+
+// r = B^T z for one 6-vector of 16-channel registers.
+inline void InputRows(const __m512 z[6], __m512 r[6]) {
+  const __m512 four = _mm512_set1_ps(4.f), five = _mm512_set1_ps(5.f),
+               two = _mm512_set1_ps(2.f);
+  r[0] = _mm512_fmadd_ps(four, z[0], _mm512_fnmadd_ps(five, z[2], z[4]));
+  r[1] = _mm512_fnmadd_ps(four, _mm512_add_ps(z[1], z[2]),
+                          _mm512_add_ps(z[3], z[4]));
+  r[2] = _mm512_fmadd_ps(four, _mm512_sub_ps(z[1], z[2]),
+                         _mm512_sub_ps(z[4], z[3]));
+  r[3] = _mm512_fmadd_ps(two, _mm512_sub_ps(z[3], z[1]),
+                         _mm512_sub_ps(z[4], z[2]));
+  r[4] = _mm512_fmadd_ps(two, _mm512_sub_ps(z[1], z[3]),
+                         _mm512_sub_ps(z[4], z[2]));
+  r[5] = _mm512_fmadd_ps(four, z[1], _mm512_fnmadd_ps(five, z[3], z[5]));
+}
+
+// o = A^T m (6 -> 4).
+inline void OutputRows(const __m512 m[6], __m512 o[4]) {
+  const __m512 two = _mm512_set1_ps(2.f), four = _mm512_set1_ps(4.f),
+               eight = _mm512_set1_ps(8.f);
+  const __m512 s12 = _mm512_add_ps(m[1], m[2]), d12 = _mm512_sub_ps(m[1], m[2]);
+  const __m512 s34 = _mm512_add_ps(m[3], m[4]), d34 = _mm512_sub_ps(m[3], m[4]);
+  o[0] = _mm512_add_ps(_mm512_add_ps(m[0], s12), s34);
+  o[1] = _mm512_fmadd_ps(two, d34, d12);
+  o[2] = _mm512_fmadd_ps(four, s34, s12);
+  o[3] = _mm512_add_ps(_mm512_fmadd_ps(eight, d34, d12), m[5]);
+}
+
+// e = A g (4 -> 6), the adjoint of OutputRows.
+inline void GradRows(const __m512 g[4], __m512 e[6]) {
+  const __m512 two = _mm512_set1_ps(2.f), four = _mm512_set1_ps(4.f),
+               eight = _mm512_set1_ps(8.f);
+  const __m512 s02 = _mm512_add_ps(g[0], g[2]), s13 = _mm512_add_ps(g[1], g[3]);
+  const __m512 q02 = _mm512_fmadd_ps(four, g[2], g[0]);
+  const __m512 q13 = _mm512_fmadd_ps(eight, g[3], _mm512_mul_ps(two, g[1]));
+  e[0] = g[0];
+  e[1] = _mm512_add_ps(s02, s13);
+  e[2] = _mm512_sub_ps(s02, s13);
+  e[3] = _mm512_add_ps(q02, q13);
+  e[4] = _mm512_sub_ps(q02, q13);
+  e[5] = g[3];
+}
+
+// Writes V = B^T d B of tile t, channels [c0, c0 + 16), to v[xi * stride].
+// Pixels outside the image are the zero padding; t >= tiles gives zeros.
+inline void TransformInputTile(const float* x, int64_t c, const Tiling& g,
+                               int64_t t, int64_t c0, float* v,
+                               int64_t stride) {
+  __m512 d[6][6];
+  if (t >= g.tiles) {
+    for (int xi = 0; xi < kPos; ++xi) {
+      _mm512_store_ps(v + xi * stride, _mm512_setzero_ps());
+    }
+    return;
+  }
+  int64_t b, ti, tj;
+  g.Locate(t, &b, &ti, &tj);
+  const int64_t y0 = ti * kM - 1, x0 = tj * kM - 1;
+  for (int i = 0; i < kAlpha; ++i) {
+    const int64_t y = y0 + i;
+    for (int j = 0; j < kAlpha; ++j) {
+      const int64_t xx = x0 + j;
+      d[i][j] = (y >= 0 && y < g.h && xx >= 0 && xx < g.w)
+                    ? _mm512_loadu_ps(x + ((b * g.h + y) * g.w + xx) * c + c0)
+                    : _mm512_setzero_ps();
+    }
+  }
+  __m512 rows[6][6];  // rows[i] = B^T applied along j, for input row i
+  for (int i = 0; i < kAlpha; ++i) InputRows(d[i], rows[i]);
+  for (int beta = 0; beta < kAlpha; ++beta) {
+    __m512 col[6], out[6];
+    for (int i = 0; i < kAlpha; ++i) col[i] = rows[i][beta];
+    InputRows(col, out);
+    for (int a = 0; a < kAlpha; ++a) {
+      _mm512_store_ps(v + (a * kAlpha + beta) * stride, out[a]);
+    }
+  }
+}
+
+// Writes A dy A^T of tile t, channels [k0, k0 + 16), to e[xi * stride]; the
+// tile's pixels outside the image count as zero (they are not outputs).
+inline void TransformGradTile(const float* dy, int64_t k, const Tiling& g,
+                              int64_t t, int64_t k0, float* e,
+                              int64_t stride) {
+  if (t >= g.tiles) {
+    for (int xi = 0; xi < kPos; ++xi) {
+      _mm512_store_ps(e + xi * stride, _mm512_setzero_ps());
+    }
+    return;
+  }
+  int64_t b, ti, tj;
+  g.Locate(t, &b, &ti, &tj);
+  __m512 rows[4][6];
+  for (int i = 0; i < kM; ++i) {
+    const int64_t y = ti * kM + i;
+    __m512 r[4];
+    for (int j = 0; j < kM; ++j) {
+      const int64_t xx = tj * kM + j;
+      r[j] = (y < g.h && xx < g.w)
+                 ? _mm512_loadu_ps(dy + ((b * g.h + y) * g.w + xx) * k + k0)
+                 : _mm512_setzero_ps();
+    }
+    GradRows(r, rows[i]);
+  }
+  for (int beta = 0; beta < kAlpha; ++beta) {
+    __m512 col[4], out[6];
+    for (int i = 0; i < kM; ++i) col[i] = rows[i][beta];
+    GradRows(col, out);
+    for (int a = 0; a < kAlpha; ++a) {
+      _mm512_store_ps(e + (a * kAlpha + beta) * stride, out[a]);
+    }
+  }
+}
+
+// y tile = A^T M A + bias (ReLU'd if asked), channels [k0, k0 + 16), cropped
+// to the image.
+inline void TransformOutputTile(const float* m, int64_t stride,
+                                const float* bias, bool relu, int64_t k,
+                                const Tiling& g, int64_t t, int64_t k0,
+                                float* y) {
+  int64_t b, ti, tj;
+  g.Locate(t, &b, &ti, &tj);
+  __m512 rows[6][4];  // rows[a] = A^T applied along beta, for position row a
+  for (int a = 0; a < kAlpha; ++a) {
+    __m512 mm[6];
+    for (int beta = 0; beta < kAlpha; ++beta) {
+      mm[beta] = _mm512_load_ps(m + (a * kAlpha + beta) * stride);
+    }
+    OutputRows(mm, rows[a]);
+  }
+  const __m512 bv = _mm512_loadu_ps(bias + k0), zero = _mm512_setzero_ps();
+  for (int j = 0; j < kM; ++j) {
+    const int64_t xx = tj * kM + j;
+    __m512 col[6], out[4];
+    for (int a = 0; a < kAlpha; ++a) col[a] = rows[a][j];
+    OutputRows(col, out);
+    if (xx >= g.w) continue;
+    for (int i = 0; i < kM; ++i) {
+      const int64_t yy = ti * kM + i;
+      if (yy >= g.h) break;
+      __m512 r = _mm512_add_ps(out[i], bv);
+      if (relu) r = _mm512_max_ps(r, zero);
+      _mm512_storeu_ps(y + ((b * g.h + yy) * g.w + xx) * k + k0, r);
+    }
+  }
+}
+
+// m[r, :16*NV] = sum_c v[r, c] u[c, :16*NV] for R rows (tiles): one
+// register-blocked micro-tile of a position's GEMM (T x C) @ (C x K).
+template <int R, int NV>
+inline void GemmMicro(const float* v, int64_t c, const float* u, int64_t k,
+                      float* m) {
+  __m512 acc[R][NV];
+  for (int r = 0; r < R; ++r) {
+    for (int q = 0; q < NV; ++q) acc[r][q] = _mm512_setzero_ps();
+  }
+  for (int64_t ci = 0; ci < c; ++ci) {
+    __m512 w[NV];
+    for (int q = 0; q < NV; ++q) w[q] = _mm512_loadu_ps(u + ci * k + 16 * q);
+    for (int r = 0; r < R; ++r) {
+      const __m512 s = _mm512_set1_ps(v[r * c + ci]);
+      for (int q = 0; q < NV; ++q) acc[r][q] = _mm512_fmadd_ps(s, w[q], acc[r][q]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int q = 0; q < NV; ++q) _mm512_store_ps(m + r * k + 16 * q, acc[r][q]);
+  }
+}
+
+// du[r, :16*NV] += sum_t vx[t, r] e[t, :16*NV] for R rows (input channels)
+// over `tiles` tiles: a micro-tile of a position's (C x T) @ (T x K).
+template <int R, int NV>
+inline void WgradMicro(const float* vx, int64_t c, const float* e, int64_t k,
+                       int64_t tiles, float* du) {
+  __m512 acc[R][NV];
+  for (int r = 0; r < R; ++r) {
+    for (int q = 0; q < NV; ++q) acc[r][q] = _mm512_loadu_ps(du + r * k + 16 * q);
+  }
+  for (int64_t t = 0; t < tiles; ++t) {
+    __m512 w[NV];
+    for (int q = 0; q < NV; ++q) w[q] = _mm512_load_ps(e + t * k + 16 * q);
+    for (int r = 0; r < R; ++r) {
+      const __m512 s = _mm512_set1_ps(vx[t * c + r]);
+      for (int q = 0; q < NV; ++q) acc[r][q] = _mm512_fmadd_ps(s, w[q], acc[r][q]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int q = 0; q < NV; ++q) _mm512_storeu_ps(du + r * k + 16 * q, acc[r][q]);
+  }
+}
+
+template <int R>
+inline void GemmRowsAnyK(const float* v, int64_t c, const float* u, int64_t k,
+                         float* m) {
+  int64_t k0 = 0;
+  for (; k0 + 64 <= k; k0 += 64) GemmMicro<R, 4>(v, c, u + k0, k, m + k0);
+  switch ((k - k0) / 16) {
+    case 3: GemmMicro<R, 3>(v, c, u + k0, k, m + k0); break;
+    case 2: GemmMicro<R, 2>(v, c, u + k0, k, m + k0); break;
+    case 1: GemmMicro<R, 1>(v, c, u + k0, k, m + k0); break;
+    default: break;
+  }
+}
+
+template <int R>
+inline void WgradRowsAnyK(const float* vx, int64_t c, const float* e,
+                          int64_t k, int64_t tiles, float* du) {
+  int64_t k0 = 0;
+  for (; k0 + 64 <= k; k0 += 64) {
+    WgradMicro<R, 4>(vx, c, e + k0, k, tiles, du + k0);
+  }
+  switch ((k - k0) / 16) {
+    case 3: WgradMicro<R, 3>(vx, c, e + k0, k, tiles, du + k0); break;
+    case 2: WgradMicro<R, 2>(vx, c, e + k0, k, tiles, du + k0); break;
+    case 1: WgradMicro<R, 1>(vx, c, e + k0, k, tiles, du + k0); break;
+    default: break;
+  }
+}
+
+inline void WgradRowsTail(int rows, const float* vx, int64_t c, const float* e,
+                          int64_t k, int64_t tiles, float* du) {
+  switch (rows) {
+    case 5: WgradRowsAnyK<5>(vx, c, e, k, tiles, du); break;
+    case 4: WgradRowsAnyK<4>(vx, c, e, k, tiles, du); break;
+    case 3: WgradRowsAnyK<3>(vx, c, e, k, tiles, du); break;
+    case 2: WgradRowsAnyK<2>(vx, c, e, k, tiles, du); break;
+    case 1: WgradRowsAnyK<1>(vx, c, e, k, tiles, du); break;
+    default: break;
+  }
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> u,
+                   ffi::Buffer<ffi::F32> bias, bool relu,
+                   ffi::ResultBuffer<ffi::F32> y) {
+  const auto xd = x.dimensions(), ud = u.dimensions(), bd = bias.dimensions(),
+             yd = y->dimensions();
+  if (xd.size() != 4 || ud.size() != 3 || bd.size() != 1 || yd.size() != 4 ||
+      ud[0] != kPos || ud[1] != xd[3] || bd[0] != ud[2] || yd[0] != xd[0] ||
+      yd[1] != xd[1] || yd[2] != xd[2] || yd[3] != ud[2] || xd[3] % 16 != 0 ||
+      ud[2] % 16 != 0) {
+    return ffi::Error::InvalidArgument(
+        "vdsr winograd conv: expected x (N, H, W, C), u (36, C, K), bias (K,) "
+        "and y (N, H, W, K) with C and K multiples of 16");
+  }
+  const int64_t c = xd[3], k = ud[2];
+  const Tiling g(xd[0], xd[1], xd[2]);
+  const int64_t blocks = (g.tiles + kBlockTiles - 1) / kBlockTiles;
+  const float* xp = x.typed_data();
+  const float* up = u.typed_data();
+  const float* bp = bias.typed_data();
+  float* yp = y->typed_data();
+#pragma omp parallel
+  {
+    // Per thread: the block's transformed input V[xi][t][c] and the GEMM
+    // results M[xi][t][k], ~0.9 MB for C = K = 64 (fits in L2).
+    Buffer v = Allocate(kPos * kBlockTiles * c);
+    Buffer m = Allocate(kPos * kBlockTiles * k);
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t t0 = blk * kBlockTiles;
+      const int64_t nt = std::min<int64_t>(kBlockTiles, g.tiles - t0);
+      const int64_t padded = (nt + kRows - 1) / kRows * kRows;
+      for (int64_t tt = 0; tt < padded; ++tt) {
+        for (int64_t c0 = 0; c0 < c; c0 += 16) {
+          TransformInputTile(xp, c, g, t0 + tt, c0, v.get() + tt * c + c0,
+                             kBlockTiles * c);
+        }
+      }
+      for (int xi = 0; xi < kPos; ++xi) {
+        const float* vxi = v.get() + xi * kBlockTiles * c;
+        const float* uxi = up + xi * c * k;
+        float* mxi = m.get() + xi * kBlockTiles * k;
+        for (int64_t tt = 0; tt < padded; tt += kRows) {
+          GemmRowsAnyK<kRows>(vxi + tt * c, c, uxi, k, mxi + tt * k);
+        }
+      }
+      for (int64_t tt = 0; tt < nt; ++tt) {
+        for (int64_t k0 = 0; k0 < k; k0 += 16) {
+          TransformOutputTile(m.get() + tt * k + k0, kBlockTiles * k, bp, relu,
+                              k, g, t0 + tt, k0, yp);
+        }
+      }
+    }
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error BwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                      ffi::ResultBuffer<ffi::F32> du) {
+  const auto xd = x.dimensions(), dyd = dy.dimensions(),
+             dud = du->dimensions();
+  if (xd.size() != 4 || dyd.size() != 4 || dud.size() != 3 ||
+      xd[0] != dyd[0] || xd[1] != dyd[1] || xd[2] != dyd[2] ||
+      dud[0] != kPos || dud[1] != xd[3] || dud[2] != dyd[3] ||
+      xd[3] % 16 != 0 || dyd[3] % 16 != 0) {
+    return ffi::Error::InvalidArgument(
+        "vdsr winograd conv: expected x (N, H, W, C), dy (N, H, W, K) and a "
+        "(36, C, K) result with C and K multiples of 16");
+  }
+  const int64_t c = xd[3], k = dyd[3];
+  const Tiling g(xd[0], xd[1], xd[2]);
+  const int64_t blocks = (g.tiles + kBlockTiles - 1) / kBlockTiles;
+  const float* xp = x.typed_data();
+  const float* dyp = dy.typed_data();
+  float* out = du->typed_data();
+  std::memset(out, 0, sizeof(float) * kPos * c * k);
+#pragma omp parallel
+  {
+    Buffer vx = Allocate(kPos * kBlockTiles * c);
+    Buffer e = Allocate(kPos * kBlockTiles * k);
+    Buffer acc = Allocate(kPos * c * k);  // this thread's partial sums
+    std::memset(acc.get(), 0, sizeof(float) * kPos * c * k);
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t t0 = blk * kBlockTiles;
+      const int64_t nt = std::min<int64_t>(kBlockTiles, g.tiles - t0);
+      for (int64_t tt = 0; tt < nt; ++tt) {
+        for (int64_t c0 = 0; c0 < c; c0 += 16) {
+          TransformInputTile(xp, c, g, t0 + tt, c0, vx.get() + tt * c + c0,
+                             kBlockTiles * c);
+        }
+        for (int64_t k0 = 0; k0 < k; k0 += 16) {
+          TransformGradTile(dyp, k, g, t0 + tt, k0, e.get() + tt * k + k0,
+                            kBlockTiles * k);
+        }
+      }
+      for (int xi = 0; xi < kPos; ++xi) {
+        const float* vxi = vx.get() + xi * kBlockTiles * c;
+        const float* exi = e.get() + xi * kBlockTiles * k;
+        float* axi = acc.get() + xi * c * k;
+        int64_t c0 = 0;
+        for (; c0 + kRows <= c; c0 += kRows) {
+          WgradRowsAnyK<kRows>(vxi + c0, c, exi, k, nt, axi + c0 * k);
+        }
+        WgradRowsTail(static_cast<int>(c - c0), vxi + c0, c, exi, k, nt,
+                      axi + c0 * k);
+      }
+    }
+#pragma omp critical
+    for (int64_t i = 0; i < kPos * c * k; ++i) out[i] += acc[i];
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VdsrWinogradFwd, Forward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<bool>("relu")
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VdsrWinogradBwdWeights, BwdWeights,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+// 1 if this CPU runs the kernels (AVX-512F), else 0.
+extern "C" int VdsrWinogradSupported() {
+  return __builtin_cpu_supports("avx512f") ? 1 : 0;
+}
