@@ -46,6 +46,14 @@ constexpr int kPos = 36;         // kAlpha^2 transformed positions
 constexpr int kRows = 6;         // tiles (or channels) per GEMM micro-tile
 constexpr int kBlockTiles = 48;  // tiles per block: a multiple of kRows
 
+// Floats between two transformed positions of a block buffer holding
+// `channels` values per tile: one cache line more than the data, so the 36
+// positions of a tile, read or written together by the transforms, fall in
+// different L1 sets (a multiple of 4 KiB would put them all in one).
+inline int64_t PositionStride(int64_t channels) {
+  return kBlockTiles * channels + 16;
+}
+
 struct FreeDeleter {
   void operator()(float* p) const { std::free(p); }
 };
@@ -324,8 +332,9 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> u,
   {
     // Per thread: the block's transformed input V[xi][t][c] and the GEMM
     // results M[xi][t][k], ~0.9 MB for C = K = 64 (fits in L2).
-    Buffer v = Allocate(kPos * kBlockTiles * c);
-    Buffer m = Allocate(kPos * kBlockTiles * k);
+    const int64_t vs = PositionStride(c), ms = PositionStride(k);
+    Buffer v = Allocate(kPos * vs);
+    Buffer m = Allocate(kPos * ms);
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < blocks; ++blk) {
       const int64_t t0 = blk * kBlockTiles;
@@ -334,21 +343,21 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> u,
       for (int64_t tt = 0; tt < padded; ++tt) {
         for (int64_t c0 = 0; c0 < c; c0 += 16) {
           TransformInputTile(xp, c, g, t0 + tt, c0, v.get() + tt * c + c0,
-                             kBlockTiles * c);
+                             vs);
         }
       }
       for (int xi = 0; xi < kPos; ++xi) {
-        const float* vxi = v.get() + xi * kBlockTiles * c;
+        const float* vxi = v.get() + xi * vs;
         const float* uxi = up + xi * c * k;
-        float* mxi = m.get() + xi * kBlockTiles * k;
+        float* mxi = m.get() + xi * ms;
         for (int64_t tt = 0; tt < padded; tt += kRows) {
           GemmRowsAnyK<kRows>(vxi + tt * c, c, uxi, k, mxi + tt * k);
         }
       }
       for (int64_t tt = 0; tt < nt; ++tt) {
         for (int64_t k0 = 0; k0 < k; k0 += 16) {
-          TransformOutputTile(m.get() + tt * k + k0, kBlockTiles * k, bp, relu,
-                              k, g, t0 + tt, k0, yp);
+          TransformOutputTile(m.get() + tt * k + k0, ms, bp, relu, k, g,
+                              t0 + tt, k0, yp);
         }
       }
     }
@@ -377,8 +386,9 @@ ffi::Error BwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
   std::memset(out, 0, sizeof(float) * kPos * c * k);
 #pragma omp parallel
   {
-    Buffer vx = Allocate(kPos * kBlockTiles * c);
-    Buffer e = Allocate(kPos * kBlockTiles * k);
+    const int64_t vs = PositionStride(c), es = PositionStride(k);
+    Buffer vx = Allocate(kPos * vs);
+    Buffer e = Allocate(kPos * es);
     Buffer acc = Allocate(kPos * c * k);  // this thread's partial sums
     std::memset(acc.get(), 0, sizeof(float) * kPos * c * k);
 #pragma omp for schedule(static)
@@ -388,16 +398,16 @@ ffi::Error BwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
       for (int64_t tt = 0; tt < nt; ++tt) {
         for (int64_t c0 = 0; c0 < c; c0 += 16) {
           TransformInputTile(xp, c, g, t0 + tt, c0, vx.get() + tt * c + c0,
-                             kBlockTiles * c);
+                             vs);
         }
         for (int64_t k0 = 0; k0 < k; k0 += 16) {
           TransformGradTile(dyp, k, g, t0 + tt, k0, e.get() + tt * k + k0,
-                            kBlockTiles * k);
+                            es);
         }
       }
       for (int xi = 0; xi < kPos; ++xi) {
-        const float* vxi = vx.get() + xi * kBlockTiles * c;
-        const float* exi = e.get() + xi * kBlockTiles * k;
+        const float* vxi = vx.get() + xi * vs;
+        const float* exi = e.get() + xi * es;
         float* axi = acc.get() + xi * c * k;
         int64_t c0 = 0;
         for (; c0 + kRows <= c; c0 += kRows) {
