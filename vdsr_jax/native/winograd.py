@@ -2,13 +2,13 @@
 
 `conv3x3(x, kernel)` and `conv3x3_bias_relu(x, kernel, bias)` compute the
 same functions as their oneDNN counterparts in `vdsr_jax.native.dnnl`
-(float32, NHWC/HWIO, zero 'SAME' padding) with 4x fewer multiplies
-(winograd_conv.cc): the transformed kernel U = G w G^T is computed here in
-XLA, the tile transforms and the 36 small GEMMs per tile block in C++. The
-input gradient is the same forward kernel applied to dy with the rotated,
-transposed kernel; the weight gradient comes back as dL/dU and is finished
-here, dw = G^T (dL/dU) G. Both channel counts must be multiples of 16
-(`supports`); VDSR's 64 -> 64 layers are.
+(float32, NHWC/HWIO, zero 'SAME' padding) with 4x fewer multiplies:
+winograd_conv.cc transforms the kernel (U = G w G^T) and, block by block,
+the tiles, and runs the 36 small GEMMs per block, in one custom call per
+convolution (forward, input gradient, weight gradient). Both channel
+counts must be multiples of 16 (`supports`); VDSR's 64 -> 64 layers are.
+`BT`, `G`, `AT` and `transform_kernel` are also the matrices of the jnp
+Winograd in `vdsr_jax.conv` ('winograd4').
 
 Rounding differs from a direct convolution by ~1e-6 relative (the
 transforms scale by up to 8 and 1/24); tests/test_conv.py bounds it against
@@ -55,18 +55,6 @@ def transform_kernel(kernel: jax.Array, g: np.ndarray = G) -> jax.Array:
   return u.reshape((-1,) + kernel.shape[2:])
 
 
-def _untransform_grad(du: jax.Array) -> jax.Array:
-  """(36, Cin, Cout) dL/dU -> (3, 3, Cin, Cout) dL/dw = G^T (dL/dU) G."""
-  g = jnp.asarray(G, du.dtype)
-  du = du.reshape((6, 6) + du.shape[1:])
-  return jnp.einsum('ai,abco,bj->ijco', g, du, g, precision=_HIGHEST)
-
-
-def _flip(kernel: jax.Array) -> jax.Array:
-  """The kernel of the input gradient: rotated 180 degrees, I and O swapped."""
-  return jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
-
-
 def _check(x: jax.Array, kernel: jax.Array) -> None:
   if x.dtype != jnp.float32 or kernel.dtype != jnp.float32:
     raise TypeError('Winograd conv3x3 is float32 only, got '
@@ -80,24 +68,25 @@ def _check(x: jax.Array, kernel: jax.Array) -> None:
                      f'got {x.shape[-1]} -> {kernel.shape[-1]}.')
 
 
-def _forward(x, kernel, bias, relu: bool):
-  u = transform_kernel(kernel)
-  out = jax.ShapeDtypeStruct(x.shape[:3] + kernel.shape[3:], jnp.float32)
+def _ffi(target: str, shape, *args, **attrs) -> jax.Array:
   dnnl._lib()  # pylint: disable=protected-access
-  return jax.ffi.ffi_call('vdsr_winograd_fwd', out, vmap_method='sequential')(
-      x, u, bias, relu=bool(relu))
+  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32),
+                          vmap_method='sequential')(*args, **attrs)
+
+
+def _forward(x, kernel, bias, relu: bool):
+  return _ffi('vdsr_winograd_fwd', x.shape[:3] + kernel.shape[3:], x, kernel,
+              bias, relu=bool(relu))
 
 
 def _input_grad(dy, kernel):
-  return _forward(dy, _flip(kernel), jnp.zeros(kernel.shape[2:3], dy.dtype),
-                  relu=False)
+  return _ffi('vdsr_winograd_bwd_data', dy.shape[:3] + kernel.shape[2:3], dy,
+              kernel)
 
 
 def _weight_grad(x, dy):
-  out = jax.ShapeDtypeStruct((36, x.shape[-1], dy.shape[-1]), jnp.float32)
-  du = jax.ffi.ffi_call('vdsr_winograd_bwd_weights', out,
-                        vmap_method='sequential')(x, dy)
-  return _untransform_grad(du)
+  return _ffi('vdsr_winograd_bwd_weights',
+              (3, 3, x.shape[-1], dy.shape[-1]), x, dy)
 
 
 @jax.custom_vjp

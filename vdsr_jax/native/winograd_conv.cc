@@ -14,13 +14,18 @@
 // image, which is what made the jnp version (vdsr_jax/conv.py, 'winograd4')
 // memory-bound and slow.
 //
-//   VdsrWinogradFwd(x[N,H,W,C], u[36,C,K], b[K]; relu) -> y[N,H,W,K]
-//     y = conv(x, w) + b, then ReLU if `relu`; u = G w G^T (from JAX).
-//     With the rotated, transposed kernel and a zero bias this is also the
-//     input gradient of a convolution.
-//   VdsrWinogradBwdWeights(x[N,H,W,C], dy[N,H,W,K]) -> du[36,C,K]
-//     du[xi] = sum over tiles of (B^T x B)[xi] (A dy A^T)[xi]^T, the
-//     gradient with respect to u; JAX finishes dw = G^T du G.
+//   VdsrWinogradFwd(x[N,H,W,C], w[3,3,C,K], b[K]; relu) -> y[N,H,W,K]
+//     y = conv(x, w) + b, then ReLU if `relu`.
+//   VdsrWinogradBwdData(dy[N,H,W,K], w[3,3,C,K]) -> dx[N,H,W,C]
+//     the same forward kernel on dy with w rotated by 180 degrees and its
+//     channel axes swapped.
+//   VdsrWinogradBwdWeights(x[N,H,W,C], dy[N,H,W,K]) -> dw[3,3,C,K]
+//     dw = G^T du G, du[xi] = sum over tiles of (B^T x B)[xi] (A dy A^T)[xi]
+//     (the gradient with respect to the transformed kernel).
+// The kernel transforms are done here too, so that XLA sees one custom call
+// per convolution, as with the oneDNN kernels (computing them in XLA let
+// its scheduler keep all 18 transformed kernels, and at 1080p one more
+// activation, alive at once).
 //
 // float32, NHWC / position-major layouts, C and K multiples of 16, stride 1,
 // zero padding 1. Threads: OpenMP over tile blocks; no state between calls.
@@ -308,26 +313,92 @@ inline void WgradRowsTail(int rows, const float* vx, int64_t c, const float* e,
   }
 }
 
-ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> u,
-                   ffi::Buffer<ffi::F32> bias, bool relu,
-                   ffi::ResultBuffer<ffi::F32> y) {
-  const auto xd = x.dimensions(), ud = u.dimensions(), bd = bias.dimensions(),
-             yd = y->dimensions();
-  if (xd.size() != 4 || ud.size() != 3 || bd.size() != 1 || yd.size() != 4 ||
-      ud[0] != kPos || ud[1] != xd[3] || bd[0] != ud[2] || yd[0] != xd[0] ||
-      yd[1] != xd[1] || yd[2] != xd[2] || yd[3] != ud[2] || xd[3] % 16 != 0 ||
-      ud[2] % 16 != 0) {
-    return ffi::Error::InvalidArgument(
-        "vdsr winograd conv: expected x (N, H, W, C), u (36, C, K), bias (K,) "
-        "and y (N, H, W, K) with C and K multiples of 16");
+// G of F(4x4, 3x3): U = G w G^T.
+constexpr float kG[6][3] = {{1.f / 4, 0.f, 0.f},
+                            {-1.f / 6, -1.f / 6, -1.f / 6},
+                            {-1.f / 6, 1.f / 6, -1.f / 6},
+                            {1.f / 24, 1.f / 12, 1.f / 6},
+                            {1.f / 24, -1.f / 12, 1.f / 6},
+                            {0.f, 0.f, 1.f}};
+
+// u[xi][ci][ko] = (G w G^T)[xi] for an HWIO kernel w[3][3][c][k], vectorised
+// over the k output channels (a multiple of 16).
+void TransformKernel(const float* w, int64_t c, int64_t k, float* u) {
+#pragma omp parallel for schedule(static)
+  for (int64_t ci = 0; ci < c; ++ci) {
+    for (int64_t k0 = 0; k0 < k; k0 += 16) {
+      __m512 g[3][3];
+      for (int i = 0; i < 3; ++i) {
+        for (int j = 0; j < 3; ++j) {
+          g[i][j] = _mm512_loadu_ps(w + ((i * 3 + j) * c + ci) * k + k0);
+        }
+      }
+      for (int a = 0; a < kAlpha; ++a) {
+        __m512 t[3];  // (G w)[a][j]
+        for (int j = 0; j < 3; ++j) {
+          t[j] = _mm512_setzero_ps();
+          for (int i = 0; i < 3; ++i) {
+            t[j] = _mm512_fmadd_ps(_mm512_set1_ps(kG[a][i]), g[i][j], t[j]);
+          }
+        }
+        for (int b = 0; b < kAlpha; ++b) {
+          __m512 r = _mm512_setzero_ps();
+          for (int j = 0; j < 3; ++j) {
+            r = _mm512_fmadd_ps(_mm512_set1_ps(kG[b][j]), t[j], r);
+          }
+          _mm512_storeu_ps(u + ((a * kAlpha + b) * c + ci) * k + k0, r);
+        }
+      }
+    }
   }
-  const int64_t c = xd[3], k = ud[2];
-  const Tiling g(xd[0], xd[1], xd[2]);
+}
+
+// The kernel of the input gradient, w'[i][j][ko][ci] = w[2-i][2-j][ci][ko].
+void FlipKernel(const float* w, int64_t c, int64_t k, float* out) {
+  for (int i = 0; i < 3; ++i) {
+    for (int j = 0; j < 3; ++j) {
+      const float* src = w + ((2 - i) * 3 + (2 - j)) * c * k;
+      float* dst = out + (i * 3 + j) * k * c;
+      for (int64_t ci = 0; ci < c; ++ci) {
+        for (int64_t ko = 0; ko < k; ++ko) dst[ko * c + ci] = src[ci * k + ko];
+      }
+    }
+  }
+}
+
+// dw[i][j][ci][ko] = (G^T du G)[i][j] for du[36][c][k], vectorised over k.
+void UntransformKernelGrad(const float* du, int64_t c, int64_t k, float* dw) {
+#pragma omp parallel for schedule(static)
+  for (int64_t ci = 0; ci < c; ++ci) {
+    for (int64_t k0 = 0; k0 < k; k0 += 16) {
+      __m512 t[kAlpha][3];  // (du G)[a][j]
+      for (int a = 0; a < kAlpha; ++a) {
+        for (int j = 0; j < 3; ++j) t[a][j] = _mm512_setzero_ps();
+        for (int b = 0; b < kAlpha; ++b) {
+          const __m512 d =
+              _mm512_loadu_ps(du + ((a * kAlpha + b) * c + ci) * k + k0);
+          for (int j = 0; j < 3; ++j) {
+            t[a][j] = _mm512_fmadd_ps(_mm512_set1_ps(kG[b][j]), d, t[a][j]);
+          }
+        }
+      }
+      for (int i = 0; i < 3; ++i) {
+        for (int j = 0; j < 3; ++j) {
+          __m512 r = _mm512_setzero_ps();
+          for (int a = 0; a < kAlpha; ++a) {
+            r = _mm512_fmadd_ps(_mm512_set1_ps(kG[a][i]), t[a][j], r);
+          }
+          _mm512_storeu_ps(dw + ((i * 3 + j) * c + ci) * k + k0, r);
+        }
+      }
+    }
+  }
+}
+
+// y = conv(x, w) + bias (ReLU'd if asked) given the transformed kernel u.
+void Convolve(const float* xp, const Tiling& g, int64_t c, const float* up,
+              int64_t k, const float* bp, bool relu, float* yp) {
   const int64_t blocks = (g.tiles + kBlockTiles - 1) / kBlockTiles;
-  const float* xp = x.typed_data();
-  const float* up = u.typed_data();
-  const float* bp = bias.typed_data();
-  float* yp = y->typed_data();
 #pragma omp parallel
   {
     // Per thread: the block's transformed input V[xi][t][c] and the GEMM
@@ -362,27 +433,71 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> u,
       }
     }
   }
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                   ffi::Buffer<ffi::F32> bias, bool relu,
+                   ffi::ResultBuffer<ffi::F32> y) {
+  const auto xd = x.dimensions(), wd = w.dimensions(), bd = bias.dimensions(),
+             yd = y->dimensions();
+  if (xd.size() != 4 || wd.size() != 4 || bd.size() != 1 || yd.size() != 4 ||
+      wd[0] != 3 || wd[1] != 3 || wd[2] != xd[3] || bd[0] != wd[3] ||
+      yd[0] != xd[0] || yd[1] != xd[1] || yd[2] != xd[2] || yd[3] != wd[3] ||
+      xd[3] % 16 != 0 || wd[3] % 16 != 0) {
+    return ffi::Error::InvalidArgument(
+        "vdsr winograd conv: expected x (N, H, W, C), w (3, 3, C, K), bias "
+        "(K,) and y (N, H, W, K) with C and K multiples of 16");
+  }
+  const int64_t c = xd[3], k = wd[3];
+  Buffer u = Allocate(kPos * c * k);
+  TransformKernel(w.typed_data(), c, k, u.get());
+  Convolve(x.typed_data(), Tiling(xd[0], xd[1], xd[2]), c, u.get(), k,
+           bias.typed_data(), relu, y->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error BwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
+                   ffi::ResultBuffer<ffi::F32> dx) {
+  const auto dyd = dy.dimensions(), wd = w.dimensions(),
+             dxd = dx->dimensions();
+  if (dyd.size() != 4 || wd.size() != 4 || dxd.size() != 4 || wd[0] != 3 ||
+      wd[1] != 3 || wd[3] != dyd[3] || dxd[0] != dyd[0] || dxd[1] != dyd[1] ||
+      dxd[2] != dyd[2] || dxd[3] != wd[2] || wd[2] % 16 != 0 ||
+      wd[3] % 16 != 0) {
+    return ffi::Error::InvalidArgument(
+        "vdsr winograd conv: expected dy (N, H, W, K), w (3, 3, C, K) and dx "
+        "(N, H, W, C) with C and K multiples of 16");
+  }
+  const int64_t c = wd[2], k = wd[3];
+  Buffer flipped = Allocate(9 * c * k), u = Allocate(kPos * c * k),
+         zeros = Allocate(c);
+  FlipKernel(w.typed_data(), c, k, flipped.get());
+  TransformKernel(flipped.get(), k, c, u.get());
+  std::memset(zeros.get(), 0, sizeof(float) * c);
+  Convolve(dy.typed_data(), Tiling(dyd[0], dyd[1], dyd[2]), k, u.get(), c,
+           zeros.get(), false, dx->typed_data());
   return ffi::Error::Success();
 }
 
 ffi::Error BwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                      ffi::ResultBuffer<ffi::F32> du) {
+                      ffi::ResultBuffer<ffi::F32> dw) {
   const auto xd = x.dimensions(), dyd = dy.dimensions(),
-             dud = du->dimensions();
-  if (xd.size() != 4 || dyd.size() != 4 || dud.size() != 3 ||
+             dud = dw->dimensions();
+  if (xd.size() != 4 || dyd.size() != 4 ||
       xd[0] != dyd[0] || xd[1] != dyd[1] || xd[2] != dyd[2] ||
-      dud[0] != kPos || dud[1] != xd[3] || dud[2] != dyd[3] ||
-      xd[3] % 16 != 0 || dyd[3] % 16 != 0) {
+      dud.size() != 4 || dud[0] != 3 || dud[1] != 3 || dud[2] != xd[3] ||
+      dud[3] != dyd[3] || xd[3] % 16 != 0 || dyd[3] % 16 != 0) {
     return ffi::Error::InvalidArgument(
         "vdsr winograd conv: expected x (N, H, W, C), dy (N, H, W, K) and a "
-        "(36, C, K) result with C and K multiples of 16");
+        "(3, 3, C, K) result with C and K multiples of 16");
   }
   const int64_t c = xd[3], k = dyd[3];
   const Tiling g(xd[0], xd[1], xd[2]);
   const int64_t blocks = (g.tiles + kBlockTiles - 1) / kBlockTiles;
   const float* xp = x.typed_data();
   const float* dyp = dy.typed_data();
-  float* out = du->typed_data();
+  Buffer du = Allocate(kPos * c * k);  // the threads' sums, dL/du
+  float* out = du.get();
   std::memset(out, 0, sizeof(float) * kPos * c * k);
 #pragma omp parallel
   {
@@ -420,6 +535,7 @@ ffi::Error BwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
 #pragma omp critical
     for (int64_t i = 0; i < kPos * c * k; ++i) out[i] += acc[i];
   }
+  UntransformKernelGrad(out, c, k, dw->typed_data());
   return ffi::Error::Success();
 }
 
@@ -431,6 +547,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VdsrWinogradFwd, Forward,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Attr<bool>("relu")
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VdsrWinogradBwdData, BwdData,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VdsrWinogradBwdWeights, BwdWeights,
                               ffi::Ffi::Bind()
