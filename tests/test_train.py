@@ -170,6 +170,25 @@ def test_input_worker_processes_train_identically(tmp_path):
   assert train.input_workers(tiny_config(input_workers=3), 'cpu') == 3
 
 
+def test_training_through_native_winograd_matches_xla(tmp_path, monkeypatch):
+  # 16 -> 16 layers take the Winograd kernels under 'auto' on this CPU
+  # (tests/test_conv.py checks that they are available here); the same
+  # run with XLA's convolutions must end at the same parameters up to
+  # rounding.
+  assert conv.resolve_method(16, 16) == 'native_winograd'
+  fast = run_tiny(tmp_path / 'auto', features=16)
+  monkeypatch.setattr(conv, 'METHOD', 'lax')
+  reference = run_tiny(tmp_path / 'lax', features=16)
+  for layer in reference['params']:
+    for name, want in reference['params'][layer].items():
+      got = fast['params'][layer][name]
+      assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want), (
+          layer, name)
+  losses = [r['loss'] for r in _train_records(tmp_path / 'auto')]
+  want = [r['loss'] for r in _train_records(tmp_path / 'lax')]
+  np.testing.assert_allclose(losses, want, rtol=1e-4)
+
+
 class _NaNAt:
   """PatchPipeline whose batch `at` has NaN inputs."""
 
