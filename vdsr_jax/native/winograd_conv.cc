@@ -64,9 +64,17 @@ struct FreeDeleter {
 };
 using Buffer = std::unique_ptr<float[], FreeDeleter>;
 
+// 64-byte aligned floats; null if the memory is not there.
 Buffer Allocate(int64_t floats) {
-  const size_t bytes = ((static_cast<size_t>(floats) * 4 + 63) / 64) * 64;
+  const size_t bytes =
+      ((static_cast<size_t>(std::max<int64_t>(floats, 1)) * 4 + 63) / 64) * 64;
   return Buffer(static_cast<float*>(std::aligned_alloc(64, bytes)));
+}
+
+ffi::Error OutOfMemory() {
+  return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                    "vdsr winograd conv: out of host memory for the "
+                    "convolution's work buffers");
 }
 
 // The tiling of an (N, H, W, *) activation into 4x4 output tiles.
@@ -396,16 +404,21 @@ void UntransformKernelGrad(const float* du, int64_t c, int64_t k, float* dw) {
 }
 
 // y = conv(x, w) + bias (ReLU'd if asked) given the transformed kernel u.
-void Convolve(const float* xp, const Tiling& g, int64_t c, const float* up,
-              int64_t k, const float* bp, bool relu, float* yp) {
+// y = conv(x, w) + bias (ReLU'd if asked) given the transformed kernel u.
+ffi::Error Convolve(const float* xp, const Tiling& g, int64_t c,
+                    const float* up, int64_t k, const float* bp, bool relu,
+                    float* yp) {
   const int64_t blocks = (g.tiles + kBlockTiles - 1) / kBlockTiles;
-#pragma omp parallel
+  // Per thread: the block's transformed input V[xi][t][c] and the GEMM
+  // results M[xi][t][k], ~0.9 MB for C = K = 64 (fits in L2).
+  const int threads = omp_get_max_threads();
+  const int64_t vs = PositionStride(c), ms = PositionStride(k);
+  Buffer v = Allocate(threads * kPos * vs), m = Allocate(threads * kPos * ms);
+  if (!v || !m) return OutOfMemory();
+#pragma omp parallel num_threads(threads)
   {
-    // Per thread: the block's transformed input V[xi][t][c] and the GEMM
-    // results M[xi][t][k], ~0.9 MB for C = K = 64 (fits in L2).
-    const int64_t vs = PositionStride(c), ms = PositionStride(k);
-    Buffer v = Allocate(kPos * vs);
-    Buffer m = Allocate(kPos * ms);
+    float* vt = v.get() + omp_get_thread_num() * kPos * vs;
+    float* mt = m.get() + omp_get_thread_num() * kPos * ms;
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < blocks; ++blk) {
       const int64_t t0 = blk * kBlockTiles;
@@ -413,26 +426,26 @@ void Convolve(const float* xp, const Tiling& g, int64_t c, const float* up,
       const int64_t padded = (nt + kRows - 1) / kRows * kRows;
       for (int64_t tt = 0; tt < padded; ++tt) {
         for (int64_t c0 = 0; c0 < c; c0 += 16) {
-          TransformInputTile(xp, c, g, t0 + tt, c0, v.get() + tt * c + c0,
-                             vs);
+          TransformInputTile(xp, c, g, t0 + tt, c0, vt + tt * c + c0, vs);
         }
       }
       for (int xi = 0; xi < kPos; ++xi) {
-        const float* vxi = v.get() + xi * vs;
+        const float* vxi = vt + xi * vs;
         const float* uxi = up + xi * c * k;
-        float* mxi = m.get() + xi * ms;
+        float* mxi = mt + xi * ms;
         for (int64_t tt = 0; tt < padded; tt += kRows) {
           GemmRowsAnyK<kRows>(vxi + tt * c, c, uxi, k, mxi + tt * k);
         }
       }
       for (int64_t tt = 0; tt < nt; ++tt) {
         for (int64_t k0 = 0; k0 < k; k0 += 16) {
-          TransformOutputTile(m.get() + tt * k + k0, ms, bp, relu, k, g,
-                              t0 + tt, k0, yp);
+          TransformOutputTile(mt + tt * k + k0, ms, bp, relu, k, g, t0 + tt,
+                              k0, yp);
         }
       }
     }
   }
+  return ffi::Error::Success();
 }
 
 ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
@@ -450,10 +463,10 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   }
   const int64_t c = xd[3], k = wd[3];
   Buffer u = Allocate(kPos * c * k);
+  if (!u) return OutOfMemory();
   TransformKernel(w.typed_data(), c, k, u.get());
-  Convolve(x.typed_data(), Tiling(xd[0], xd[1], xd[2]), c, u.get(), k,
-           bias.typed_data(), relu, y->typed_data());
-  return ffi::Error::Success();
+  return Convolve(x.typed_data(), Tiling(xd[0], xd[1], xd[2]), c, u.get(), k,
+                  bias.typed_data(), relu, y->typed_data());
 }
 
 ffi::Error BwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
@@ -471,12 +484,12 @@ ffi::Error BwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
   const int64_t c = wd[2], k = wd[3];
   Buffer flipped = Allocate(9 * c * k), u = Allocate(kPos * c * k),
          zeros = Allocate(c);
+  if (!flipped || !u || !zeros) return OutOfMemory();
   FlipKernel(w.typed_data(), c, k, flipped.get());
   TransformKernel(flipped.get(), k, c, u.get());
   std::memset(zeros.get(), 0, sizeof(float) * c);
-  Convolve(dy.typed_data(), Tiling(dyd[0], dyd[1], dyd[2]), k, u.get(), c,
-           zeros.get(), false, dx->typed_data());
-  return ffi::Error::Success();
+  return Convolve(dy.typed_data(), Tiling(dyd[0], dyd[1], dyd[2]), k, u.get(),
+                  c, zeros.get(), false, dx->typed_data());
 }
 
 ffi::Error BwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
@@ -496,34 +509,40 @@ ffi::Error BwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
   const int64_t blocks = (g.tiles + kBlockTiles - 1) / kBlockTiles;
   const float* xp = x.typed_data();
   const float* dyp = dy.typed_data();
-  Buffer du = Allocate(kPos * c * k);  // the threads' sums, dL/du
+  // Per thread: the block's transformed x and dy, and the thread's partial
+  // sums of dL/du; then their total.
+  const int threads = omp_get_max_threads();
+  const int64_t vs = PositionStride(c), es = PositionStride(k),
+                us = kPos * c * k;
+  Buffer vx_all = Allocate(threads * kPos * vs),
+         e_all = Allocate(threads * kPos * es),
+         acc_all = Allocate(threads * us), du = Allocate(us);
+  if (!vx_all || !e_all || !acc_all || !du) return OutOfMemory();
   float* out = du.get();
-  std::memset(out, 0, sizeof(float) * kPos * c * k);
-#pragma omp parallel
+  std::memset(out, 0, sizeof(float) * us);
+#pragma omp parallel num_threads(threads)
   {
-    const int64_t vs = PositionStride(c), es = PositionStride(k);
-    Buffer vx = Allocate(kPos * vs);
-    Buffer e = Allocate(kPos * es);
-    Buffer acc = Allocate(kPos * c * k);  // this thread's partial sums
-    std::memset(acc.get(), 0, sizeof(float) * kPos * c * k);
+    const int64_t id = omp_get_thread_num();
+    float* vx = vx_all.get() + id * kPos * vs;
+    float* e = e_all.get() + id * kPos * es;
+    float* acc = acc_all.get() + id * us;
+    std::memset(acc, 0, sizeof(float) * us);
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < blocks; ++blk) {
       const int64_t t0 = blk * kBlockTiles;
       const int64_t nt = std::min<int64_t>(kBlockTiles, g.tiles - t0);
       for (int64_t tt = 0; tt < nt; ++tt) {
         for (int64_t c0 = 0; c0 < c; c0 += 16) {
-          TransformInputTile(xp, c, g, t0 + tt, c0, vx.get() + tt * c + c0,
-                             vs);
+          TransformInputTile(xp, c, g, t0 + tt, c0, vx + tt * c + c0, vs);
         }
         for (int64_t k0 = 0; k0 < k; k0 += 16) {
-          TransformGradTile(dyp, k, g, t0 + tt, k0, e.get() + tt * k + k0,
-                            es);
+          TransformGradTile(dyp, k, g, t0 + tt, k0, e + tt * k + k0, es);
         }
       }
       for (int xi = 0; xi < kPos; ++xi) {
-        const float* vxi = vx.get() + xi * vs;
-        const float* exi = e.get() + xi * es;
-        float* axi = acc.get() + xi * c * k;
+        const float* vxi = vx + xi * vs;
+        const float* exi = e + xi * es;
+        float* axi = acc + xi * c * k;
         int64_t c0 = 0;
         for (; c0 + kRows <= c; c0 += kRows) {
           WgradRowsAnyK<kRows>(vxi + c0, c, exi, k, nt, axi + c0 * k);
@@ -533,7 +552,7 @@ ffi::Error BwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
       }
     }
 #pragma omp critical
-    for (int64_t i = 0; i < kPos * c * k; ++i) out[i] += acc[i];
+    for (int64_t i = 0; i < us; ++i) out[i] += acc[i];
   }
   UntransformKernelGrad(out, c, k, dw->typed_data());
   return ffi::Error::Success();
