@@ -17,6 +17,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from vdsr_jax.native import conv_ops
+
 _HERE = pathlib.Path(__file__).resolve().parent
 SOURCE = _HERE / 'dnnl_conv.cc'
 # Every source of the library: the oneDNN handlers and the Winograd kernels
@@ -105,66 +107,25 @@ def impl_info(n: int, h: int, w: int, cin: int, cout: int) -> str:
   return buf.value.decode()
 
 
-def _call(target: str, shape, *args) -> jax.Array:
+def call(target: str, shape, *args, **attrs) -> jax.Array:
+  """Calls one of the library's FFI targets (loading it first): float32."""
   _lib()
   return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32),
-                          vmap_method='sequential')(*args)
+                          vmap_method='sequential')(*args, **attrs)
 
 
-def _check(x: jax.Array, kernel: jax.Array) -> None:
-  if x.dtype != jnp.float32 or kernel.dtype != jnp.float32:
-    raise TypeError('oneDNN conv3x3 is float32 only, got '
-                    f'{x.dtype} activations and a {kernel.dtype} kernel.')
-  if x.ndim != 4 or kernel.shape[:2] != (3, 3) or kernel.ndim != 4 or (
-      x.shape[-1] != kernel.shape[2]):
-    raise ValueError('Expected (N, H, W, Cin) activations and a (3, 3, Cin, '
-                     f'Cout) kernel, got {x.shape} and {kernel.shape}.')
+def _forward(x, kernel, bias):
+  shape = x.shape[:3] + kernel.shape[3:]
+  if bias is None:
+    return call('vdsr_dnnl_conv_fwd', shape, x, kernel)
+  return call('vdsr_dnnl_conv_bias_relu_fwd', shape, x, kernel, bias)
 
 
-@jax.custom_vjp
-def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """3x3 'SAME' convolution (N, H, W, Cin) * (3, 3, Cin, Cout) by oneDNN."""
-  _check(x, kernel)
-  return _call('vdsr_dnnl_conv_fwd', x.shape[:3] + kernel.shape[3:], x, kernel)
-
-
-def _fwd(x, kernel):
-  return conv3x3(x, kernel), (x, kernel)
-
-
-def _bwd(res, dy):
-  x, kernel = res
-  dx = _call('vdsr_dnnl_conv_bwd_data', x.shape, dy, kernel)
-  dw = _call('vdsr_dnnl_conv_bwd_weights', kernel.shape, x, dy)
-  return dx, dw
-
-
-conv3x3.defvjp(_fwd, _bwd)
-
-
-@jax.custom_vjp
-def conv3x3_bias_relu(x: jax.Array, kernel: jax.Array,
-                      bias: jax.Array) -> jax.Array:
-  """relu(conv3x3(x, kernel) + bias) in one oneDNN primitive (ReLU post-op)."""
-  _check(x, kernel)
-  if bias.dtype != jnp.float32 or bias.shape != kernel.shape[3:]:
-    raise ValueError(f'Expected a float32 bias of shape {kernel.shape[3:]}, '
-                     f'got {bias.dtype} {bias.shape}.')
-  return _call('vdsr_dnnl_conv_bias_relu_fwd', x.shape[:3] + kernel.shape[3:],
-               x, kernel, bias)
-
-
-def _fused_fwd(x, kernel, bias):
-  y = conv3x3_bias_relu(x, kernel, bias)
-  return y, (x, kernel, y)
-
-
-def _fused_bwd(res, dy):
-  x, kernel, y = res
-  g = jnp.where(y > 0, dy, 0.0)  # ReLU's gradient (0 at 0, as jax.nn.relu)
-  dx, dw = _bwd((x, kernel), g)
-  return dx, dw, jnp.sum(g, axis=(0, 1, 2))
-
-
-conv3x3_bias_relu.defvjp(_fused_fwd, _fused_bwd)
-
+conv3x3, conv3x3_bias_relu = conv_ops.make_conv3x3(
+    'oneDNN', _forward,
+    input_grad=lambda dy, kernel: call(
+        'vdsr_dnnl_conv_bwd_data', dy.shape[:3] + kernel.shape[2:3], dy,
+        kernel),
+    weight_grad=lambda x, dy: call(
+        'vdsr_dnnl_conv_bwd_weights', (3, 3, x.shape[-1], dy.shape[-1]), x,
+        dy))

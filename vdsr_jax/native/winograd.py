@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vdsr_jax.native import conv_ops
 from vdsr_jax.native import dnnl
 
 # Transforms of F(4x4, 3x3) for correlation (Lavin & Gray, 2016), points
@@ -55,80 +56,27 @@ def transform_kernel(kernel: jax.Array, g: np.ndarray = G) -> jax.Array:
   return u.reshape((-1,) + kernel.shape[2:])
 
 
-def _check(x: jax.Array, kernel: jax.Array) -> None:
-  if x.dtype != jnp.float32 or kernel.dtype != jnp.float32:
-    raise TypeError('Winograd conv3x3 is float32 only, got '
-                    f'{x.dtype} activations and a {kernel.dtype} kernel.')
-  if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[:2] != (3, 3) or (
-      x.shape[-1] != kernel.shape[2]):
-    raise ValueError('Expected (N, H, W, Cin) activations and a (3, 3, Cin, '
-                     f'Cout) kernel, got {x.shape} and {kernel.shape}.')
+def _check(name, x, kernel, bias=None) -> None:
+  conv_ops.check_args(name, x, kernel, bias)
   if x.shape[-1] % 16 or kernel.shape[-1] % 16:
-    raise ValueError('Winograd conv3x3 needs Cin and Cout multiples of 16, '
+    raise ValueError(f'{name} conv3x3 needs Cin and Cout multiples of 16, '
                      f'got {x.shape[-1]} -> {kernel.shape[-1]}.')
 
 
-def _ffi(target: str, shape, *args, **attrs) -> jax.Array:
-  dnnl._lib()  # pylint: disable=protected-access
-  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32),
-                          vmap_method='sequential')(*args, **attrs)
+def _forward(x, kernel, bias):
+  relu = bias is not None
+  if bias is None:
+    bias = jnp.zeros(kernel.shape[3:], x.dtype)
+  return dnnl.call('vdsr_winograd_fwd', x.shape[:3] + kernel.shape[3:], x,
+                   kernel, bias, relu=relu)
 
 
-def _forward(x, kernel, bias, relu: bool):
-  return _ffi('vdsr_winograd_fwd', x.shape[:3] + kernel.shape[3:], x, kernel,
-              bias, relu=bool(relu))
-
-
-def _input_grad(dy, kernel):
-  return _ffi('vdsr_winograd_bwd_data', dy.shape[:3] + kernel.shape[2:3], dy,
-              kernel)
-
-
-def _weight_grad(x, dy):
-  return _ffi('vdsr_winograd_bwd_weights',
-              (3, 3, x.shape[-1], dy.shape[-1]), x, dy)
-
-
-@jax.custom_vjp
-def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """3x3 'SAME' convolution (N, H, W, Cin) * (3, 3, Cin, Cout), Winograd."""
-  _check(x, kernel)
-  return _forward(x, kernel, jnp.zeros(kernel.shape[3:], x.dtype), False)
-
-
-def _fwd(x, kernel):
-  return conv3x3(x, kernel), (x, kernel)
-
-
-def _bwd(res, dy):
-  x, kernel = res
-  return _input_grad(dy, kernel), _weight_grad(x, dy)
-
-
-conv3x3.defvjp(_fwd, _bwd)
-
-
-@jax.custom_vjp
-def conv3x3_bias_relu(x: jax.Array, kernel: jax.Array,
-                      bias: jax.Array) -> jax.Array:
-  """relu(conv3x3(x, kernel) + bias), bias and ReLU in the output transform."""
-  _check(x, kernel)
-  if bias.dtype != jnp.float32 or bias.shape != kernel.shape[3:]:
-    raise ValueError(f'Expected a float32 bias of shape {kernel.shape[3:]}, '
-                     f'got {bias.dtype} {bias.shape}.')
-  return _forward(x, kernel, bias, True)
-
-
-def _fused_fwd(x, kernel, bias):
-  y = conv3x3_bias_relu(x, kernel, bias)
-  return y, (x, kernel, y)
-
-
-def _fused_bwd(res, dy):
-  x, kernel, y = res
-  g = jnp.where(y > 0, dy, 0.0)  # ReLU's gradient (0 at 0, as jax.nn.relu)
-  dx, dw = _bwd((x, kernel), g)
-  return dx, dw, jnp.sum(g, axis=(0, 1, 2))
-
-
-conv3x3_bias_relu.defvjp(_fused_fwd, _fused_bwd)
+conv3x3, conv3x3_bias_relu = conv_ops.make_conv3x3(
+    'Winograd', _forward,
+    input_grad=lambda dy, kernel: dnnl.call(
+        'vdsr_winograd_bwd_data', dy.shape[:3] + kernel.shape[2:3], dy,
+        kernel),
+    weight_grad=lambda x, dy: dnnl.call(
+        'vdsr_winograd_bwd_weights', (3, 3, x.shape[-1], dy.shape[-1]), x,
+        dy),
+    check=_check)
