@@ -138,3 +138,24 @@ def test_cli_bad_weights_one_line_error(tmp_path):
   assert proc.returncode != 0
   assert 'No such weights file' in proc.stderr
   assert 'Traceback' not in proc.stderr
+
+
+def test_compare_eval_flags_a_moved_cell(tmp_path, capsys):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  path = repo / 'benchmarks' / 'compare_eval.py'
+  spec = importlib.util.spec_from_file_location('compare_eval', path)
+  compare_eval = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(compare_eval)
+  before = {'set5': {'2': {'psnr': 37.5, 'ssim': 0.95},
+                     '3': {'psnr': 33.6, 'ssim': 0.92}}}
+  after = {'set5': {'2': {'psnr': 37.505, 'ssim': 0.95},
+                    '3': {'psnr': 33.62, 'ssim': 0.921}}}
+  for name, data in (('b.json', before), ('a.json', after)):
+    (tmp_path / name).write_text(json.dumps(data))
+  args = [str(tmp_path / 'b.json'), str(tmp_path / 'a.json')]
+  assert compare_eval.main(args) == 1  # x3 moved by 0.02 dB
+  assert 'largest |dPSNR| 0.02000' in capsys.readouterr().out
+  assert compare_eval.main(args + ['--max_db=0.03']) == 0
+  (tmp_path / 'other.json').write_text(json.dumps({'set14': before['set5']}))
+  assert compare_eval.main([args[0], str(tmp_path / 'other.json')]) == 1
