@@ -5,6 +5,11 @@ weight gradients, as oneDNN primitives (`dnnl_conv.cc`), float32, NHWC/HWIO,
 zero 'SAME' padding. On the 2-core AVX-512 benchmark machine this is what
 PyTorch's CPU convolutions run too, ~2.4x faster than XLA:CPU's own for
 VDSR's 64 -> 64 layers on 41x41 patches (benchmarks/RESULTS.md).
+
+This module also owns the native library itself (`_dnnl_conv.so`, built
+from `SOURCES` by `python -m vdsr_jax.native.build`): loading it, checking
+that it was built from these sources, registering every FFI target (the
+Winograd ones of `vdsr_jax.native.winograd` too) and `call`ing them.
 """
 
 import ctypes
