@@ -43,6 +43,13 @@
 
 namespace ffi = xla::ffi;
 
+// The kernels below are AVX-512 code; the FFI handler wrappers and the
+// library's load-time code after them are plain x86-64, so the library
+// loads on any x86-64 CPU and VdsrWinogradSupported() says whether the
+// kernels may be called.
+#pragma GCC push_options
+#pragma GCC target("avx512f,fma")
+
 namespace {
 
 constexpr int kM = 4;            // output tile size
@@ -559,6 +566,8 @@ ffi::Error BwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
 }
 
 }  // namespace
+
+#pragma GCC pop_options
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VdsrWinogradFwd, Forward,
                               ffi::Ffi::Bind()
