@@ -456,8 +456,7 @@ def make_batch(prepared: Sequence[np.ndarray], config: PipelineConfig,
      'scale': int32 (B / P,) scale factor of each row}.
   """
   check_prepared(prepared, config)
-  specs = draw_specs(prepared, config, step, process_index, process_count)
-  return patches_from_specs(prepared, specs, config.patch_size)
+  return _build_batch(prepared, config, step, process_index, process_count)
 
 
 # State of an input worker process (set once by `_worker_init`).

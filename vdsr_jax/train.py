@@ -492,16 +492,14 @@ def read_image_folder(folder) -> list:
 def load_train_images(config: TrainConfig) -> list:
   """The training images (uint8 arrays): `train_images_dir`, else the
   `train_dataset` TFDS builder; the first `max_train_images` if set."""
+  limit = config.max_train_images or None
   if config.train_images_dir:
-    images = read_image_folder(config.train_images_dir)
-  else:
-    from vdsr_jax import datasets  # pylint: disable=g-import-not-at-top
-    source = datasets.load(config.train_dataset, data_dir=config.data_dir,
-                           tfds_dir=config.tfds_dir)
-    images = [source[i]['image'] for i in range(len(source))]
-  if config.max_train_images:
-    images = images[:config.max_train_images]
-  return images
+    return read_image_folder(config.train_images_dir)[:limit]
+  from vdsr_jax import datasets  # pylint: disable=g-import-not-at-top
+  source = datasets.load(config.train_dataset, data_dir=config.data_dir,
+                         tfds_dir=config.tfds_dir)
+  # Decodes only the images kept.
+  return [source[i]['image'] for i in range(len(source))[:limit]]
 
 
 def load_eval_images(config: TrainConfig) -> Dict[str, list]:
