@@ -67,11 +67,9 @@ def measure(images, config, workers: int, batches: int, warmup: int):
 
 def main(argv):
   del argv
-  if _IMAGES_DIR.value:
-    images = train.read_image_folder(_IMAGES_DIR.value)
-  else:
-    images = train.load_train_images(train.TrainConfig(
-        data_dir=_DATA_DIR.value))
+  # The trainer's own loader: the folder if given, else train291.
+  images = train.load_train_images(train.TrainConfig(
+      train_images_dir=_IMAGES_DIR.value, data_dir=_DATA_DIR.value))
   config = input_pipeline.PipelineConfig()  # the paper's 64 x 41x41
   results = {}
   for workers in (int(w) for w in _WORKERS.value):
