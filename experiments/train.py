@@ -91,6 +91,11 @@ flags.DEFINE_integer('features', _D.features,
 flags.DEFINE_bool('residual', _D.residual,
                   'Predict the residual (output = input + network). '
                   '--noresidual is the paper\'s non-residual baseline.')
+flags.DEFINE_enum('compute_dtype', _D.compute_dtype, train.COMPUTE_DTYPES,
+                  'Dtype of the network\'s arithmetic. bfloat16: mixed '
+                  'precision for GPUs/TPUs (float32 parameters, optimiser, '
+                  'loss and evaluation); slow on CPUs, whose fast kernels '
+                  'here are float32.')
 
 # Objective and optimiser.
 flags.DEFINE_enum('loss', _D.loss, train.LOSSES,

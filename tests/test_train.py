@@ -170,6 +170,42 @@ def test_input_worker_processes_train_identically(tmp_path):
   assert train.input_workers(tiny_config(input_workers=3), 'cpu') == 3
 
 
+def test_bfloat16_compute_keeps_float32_state_and_tracks_float32(tmp_path):
+  exact = run_tiny(tmp_path / 'f32', total_steps=20, decay_boundaries=(1000,))
+  mixed = run_tiny(tmp_path / 'bf16', total_steps=20,
+                   decay_boundaries=(1000,), compute_dtype='bfloat16')
+  # The network's activations (hence its convolutions) are bfloat16 ...
+  def step_jaxpr(config):
+    model = train.create_model(config)
+    tx, schedule = train.create_optimizer(config)
+    state = train.create_train_state(config, model, tx)
+    batch = {'inputs': np.zeros((2, 17, 17, 1), np.float32),
+             'targets': np.zeros((2, 17, 17, 1), np.float32)}
+    jaxpr = jax.make_jaxpr(lambda s, b: train.train_step(
+        s, b, model=model, tx=tx, schedule=schedule))(state, batch)
+    return str(jaxpr), state
+
+  jaxpr, state = step_jaxpr(tiny_config(compute_dtype='bfloat16'))
+  assert 'bf16[2,17,17,8]' in jaxpr and 'f32[2,17,17,8]' not in jaxpr
+  assert 'f32[2,17,17,8]' in step_jaxpr(tiny_config())[0]
+  # ... while parameters, optimiser state and the exported weights stay
+  # float32.
+  for leaf in jax.tree.leaves((state.params, state.opt_state)):
+    assert leaf.dtype in (np.float32, np.int32), leaf.dtype
+  for layer in mixed['params'].values():
+    for value in layer.values():
+      assert value.dtype == np.float32
+  # The same optimisation up to bfloat16 rounding: the loss falls as much,
+  # and differs from float32's (so bfloat16 really was used).
+  f32 = [r['loss'] for r in _train_records(tmp_path / 'f32')]
+  bf16 = [r['loss'] for r in _train_records(tmp_path / 'bf16')]
+  assert f32 != bf16
+  assert np.mean(bf16[-5:]) < 0.3 * np.mean(bf16[:5])
+  np.testing.assert_allclose(bf16[0], f32[0], rtol=0.05)
+  flags_txt = (tmp_path / 'bf16' / train.FLAGS_FILE).read_text()
+  assert train.parse_flags_file(flags_txt)['compute_dtype'] == 'bfloat16'
+
+
 def test_training_through_native_winograd_matches_xla(tmp_path, monkeypatch):
   # 16 -> 16 layers take the Winograd kernels under 'auto' on this CPU
   # (tests/test_conv.py checks that they are available here); the same
@@ -245,6 +281,7 @@ def test_architecture_mismatch_on_resume(tmp_path):
     (dict(learning_rate=-1.0), '--learning_rate'),
     (dict(eval_scales=(1,)), '--eval_scales'),
     (dict(input_workers=-2), '--input_workers'),
+    (dict(compute_dtype='float16'), '--compute_dtype'),
 ])
 def test_config_rejects_impossible_values(overrides, match):
   with pytest.raises(train.ConfigError, match=match):
@@ -492,6 +529,23 @@ def test_resume_with_other_training_flags_needs_explicit_override(tmp_path):
                              allow_config_change=True)
 
 
+def test_resume_reads_fields_missing_from_an_older_flags_file(tmp_path):
+  # A run started before --compute_dtype existed trained in float32: its
+  # flags.txt has no such line, and resuming it in bfloat16 is a change.
+  config = tiny_config()
+  lines = [line for line in train.config_to_flags(config).splitlines()
+           if not line.startswith('--compute_dtype')]
+  (tmp_path / train.FLAGS_FILE).write_text('\n'.join(lines) + '\n')
+  meta = {'next_step': 2, 'architecture': train.architecture(config)}
+  assert train.check_resume(config, tmp_path, meta) == {}
+  mixed = tiny_config(compute_dtype='bfloat16')
+  with pytest.raises(train.ConfigError,
+                     match='--compute_dtype=float32 there, bfloat16 now'):
+    train.check_resume(mixed, tmp_path, meta)
+  assert train.check_resume(mixed, tmp_path, meta, True) == {
+      'compute_dtype': ['float32', 'bfloat16']}
+
+
 @pytest.mark.parametrize('flagfile,run', [
     ('vdsr_paper_54k.flags', 'vdsr_291'),  # the shipped weights
     ('vdsr_paper_36k.flags', 'vdsr_291_36k'),
@@ -507,7 +561,7 @@ def test_trained_runs_match_their_flagfiles(flagfile, run):
                  '--workdir=w'])
       now = train.parse_flags_file(train.config_to_flags(
           cli.config_from_flags()))
-      then = train.parse_flags_file(
+      then = train.read_flags_file(
           open('experiments/results/__RUN__/flags.txt').read())
       differ = {k: (then.get(k), now.get(k)) for k in set(then) | set(now)
                 if k not in train.LOOP_FIELDS and then.get(k) != now.get(k)}

@@ -54,6 +54,9 @@ from vdsr_jax import reporting
 from vdsr_jax import weights as weights_lib
 
 LOSSES = ('mse', 'paper')
+# Dtypes the network may compute in; parameters, optimiser state, the loss
+# and evaluation stay float32 whichever is chosen.
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 ARCHITECTURE = ('depth', 'features', 'residual')
 # Fields that may differ when a run is resumed: where data and files are,
 # logging/evaluation/checkpoint cadence, the process layout. Every other
@@ -100,6 +103,7 @@ class TrainConfig:
   depth: int = 20
   features: int = 64
   residual: bool = True
+  compute_dtype: str = 'float32'
   # Objective and optimiser.
   loss: str = 'mse'
   optimizer: str = 'sgd'
@@ -184,6 +188,9 @@ def _problems(c: TrainConfig):
       0.0 < f <= 1.0 for f in c.downscale_factors):
     yield ('--downscale_factors must be values in (0, 1], got '
            f'{c.downscale_factors!r}.')
+  if c.compute_dtype not in COMPUTE_DTYPES:
+    yield (f'--compute_dtype must be one of {", ".join(COMPUTE_DTYPES)}, '
+           f'got {c.compute_dtype!r}.')
   if c.loss not in LOSSES:
     yield f'--loss must be one of {", ".join(LOSSES)}, got {c.loss!r}.'
   if c.optimizer not in optimizers.OPTIMIZERS:
@@ -245,9 +252,15 @@ class TrainState:
 
 
 def create_model(config: TrainConfig) -> models.VDSR:
-  """The VDSR module of `config` (depth, features, residual)."""
+  """The VDSR module of `config` (depth, features, residual, compute dtype).
+
+  With `compute_dtype='bfloat16'` the convolutions run in bfloat16 (mixed
+  precision: the parameters, their gradients, the optimiser and the loss
+  stay float32); the module's output is float32 either way.
+  """
   return models.VDSR(depth=config.depth, features=config.features,
-                     residual=config.residual)
+                     residual=config.residual,
+                     dtype=jnp.dtype(config.compute_dtype))
 
 
 def create_optimizer(config: TrainConfig
@@ -393,6 +406,17 @@ def parse_flags_file(text: str) -> Dict[str, str]:
   return values
 
 
+def read_flags_file(text: str) -> Dict[str, str]:
+  """A run's flags.txt as {name: value string}, complete.
+
+  A field missing from the file did not exist when the run was started;
+  every field added since has a default that keeps the earlier behaviour
+  (e.g. `compute_dtype=float32`), so the missing ones read as the defaults.
+  """
+  return {**parse_flags_file(config_to_flags(TrainConfig())),
+          **parse_flags_file(text)}
+
+
 def architecture(config: TrainConfig) -> Dict[str, Any]:
   """The fields a checkpoint must agree with to be resumed."""
   return {name: getattr(config, name) for name in ARCHITECTURE}
@@ -420,7 +444,7 @@ def check_resume(config: TrainConfig, workdir: pathlib.Path,
   if meta is None:
     return {}
   flags_path = workdir / FLAGS_FILE
-  before = (parse_flags_file(flags_path.read_text())
+  before = (read_flags_file(flags_path.read_text())
             if flags_path.exists() else {})
   if 'architecture' in meta:
     before.update({k: str(v) for k, v in meta['architecture'].items()})
