@@ -53,6 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vdsr_jax.native import conv_ops
 from vdsr_jax.native import dnnl
 from vdsr_jax.native import winograd
 
@@ -241,7 +242,9 @@ def conv3x3(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None,
     relu: apply ReLU to the result; with 'dnnl' or 'native_winograd' and a
       bias, it is fused into the convolution (one memory pass less).
     mask: optional (N, H, W, 1) 0/1 array multiplied into the result (after
-      the ReLU); a constant, no gradient flows to it.
+      the ReLU); a constant, no gradient flows to it. With
+      'native_winograd', a bias and ReLU, a (1 or N, H, W, 1) mask is fused
+      into the convolution too.
 
   Returns:
     (N, H, W, Cout).
@@ -250,6 +253,10 @@ def conv3x3(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None,
   method = resolve_method(x.shape[-1], kernel.shape[-1], method, x.dtype)
   if mask is not None:
     mask = jax.lax.stop_gradient(mask.astype(x.dtype))
+  if (method == 'native_winograd' and relu and bias is not None
+      and mask is not None and conv_ops.mask_fits(x, mask)):
+    return winograd.conv3x3_bias_relu_mask(x, kernel, bias.astype(x.dtype),
+                                           mask)
   fused = {'dnnl': dnnl.conv3x3_bias_relu,
            'native_winograd': winograd.conv3x3_bias_relu}.get(method)
   if fused is not None and relu and bias is not None:

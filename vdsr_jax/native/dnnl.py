@@ -51,6 +51,7 @@ _TARGETS = {
     'vdsr_dnnl_conv_bwd_data': 'VdsrDnnlConvBwdData',
     'vdsr_dnnl_conv_bwd_weights': 'VdsrDnnlConvBwdWeights',
     'vdsr_winograd_fwd': 'VdsrWinogradFwd',
+    'vdsr_winograd_fwd_masked': 'VdsrWinogradFwdMasked',
     'vdsr_winograd_bwd_data': 'VdsrWinogradBwdData',
     'vdsr_winograd_bwd_weights': 'VdsrWinogradBwdWeights',
 }

@@ -71,12 +71,24 @@ def _forward(x, kernel, bias):
                    kernel, bias, relu=relu)
 
 
+def _input_grad(dy, kernel):
+  return dnnl.call('vdsr_winograd_bwd_data', dy.shape[:3] + kernel.shape[2:3],
+                   dy, kernel)
+
+
+def _weight_grad(x, dy):
+  return dnnl.call('vdsr_winograd_bwd_weights',
+                   (3, 3, x.shape[-1], dy.shape[-1]), x, dy)
+
+
 conv3x3, conv3x3_bias_relu = conv_ops.make_conv3x3(
-    'Winograd', _forward,
-    input_grad=lambda dy, kernel: dnnl.call(
-        'vdsr_winograd_bwd_data', dy.shape[:3] + kernel.shape[2:3], dy,
-        kernel),
-    weight_grad=lambda x, dy: dnnl.call(
-        'vdsr_winograd_bwd_weights', (3, 3, x.shape[-1], dy.shape[-1]), x,
-        dy),
-    check=_check)
+    'Winograd', _forward, _input_grad, _weight_grad, check=_check)
+
+# The bucket mask of vdsr_jax.inference, multiplied in by the output
+# transform instead of a separate pass over every layer's output.
+conv3x3_bias_relu_mask = conv_ops.make_conv3x3_bias_relu_mask(
+    'Winograd',
+    lambda x, kernel, bias, mask: dnnl.call(
+        'vdsr_winograd_fwd_masked', x.shape[:3] + kernel.shape[3:], x, kernel,
+        bias, mask, relu=True),
+    _input_grad, _weight_grad, check=_check)

@@ -16,6 +16,10 @@
 //
 //   VdsrWinogradFwd(x[N,H,W,C], w[3,3,C,K], b[K]; relu) -> y[N,H,W,K]
 //     y = conv(x, w) + b, then ReLU if `relu`.
+//   VdsrWinogradFwdMasked(x, w, b, mask[M,H,W,1]; relu) -> y[N,H,W,K]
+//     the same times mask (per pixel; M = 1 or N): the zeroed padding of
+//     bucketed inference (vdsr_jax/inference.py) without a separate pass
+//     over the output.
 //   VdsrWinogradBwdData(dy[N,H,W,K], w[3,3,C,K]) -> dx[N,H,W,C]
 //     the same forward kernel on dy with w rotated by 180 degrees and its
 //     channel axes swapped.
@@ -211,14 +215,27 @@ inline void TransformGradTile(const float* dy, int64_t k, const Tiling& g,
   }
 }
 
-// y tile = A^T M A + bias (ReLU'd if asked), channels [k0, k0 + 16), cropped
-// to the image.
+// Per-pixel factors multiplied into a convolution's output: planes
+// (batch, H, W), batch 1 (one plane for every image) or N; none if null.
+struct PixelMask {
+  const float* data = nullptr;
+  int64_t batch = 1;
+  const float* Plane(int64_t b, const Tiling& g) const {
+    return data == nullptr ? nullptr
+                           : data + (batch == 1 ? 0 : b) * g.h * g.w;
+  }
+};
+
+// y tile = A^T M A + bias (ReLU'd if asked, times the mask if any),
+// channels [k0, k0 + 16), cropped to the image.
 inline void TransformOutputTile(const float* m, int64_t stride,
-                                const float* bias, bool relu, int64_t k,
+                                const float* bias, bool relu,
+                                const PixelMask& mask, int64_t k,
                                 const Tiling& g, int64_t t, int64_t k0,
                                 float* y) {
   int64_t b, ti, tj;
   g.Locate(t, &b, &ti, &tj);
+  const float* plane = mask.Plane(b, g);
   __m512 rows[6][4];  // rows[a] = A^T applied along beta, for position row a
   for (int a = 0; a < kAlpha; ++a) {
     __m512 mm[6];
@@ -239,6 +256,9 @@ inline void TransformOutputTile(const float* m, int64_t stride,
       if (yy >= g.h) break;
       __m512 r = _mm512_add_ps(out[i], bv);
       if (relu) r = _mm512_max_ps(r, zero);
+      if (plane != nullptr) {
+        r = _mm512_mul_ps(r, _mm512_set1_ps(plane[yy * g.w + xx]));
+      }
       _mm512_storeu_ps(y + ((b * g.h + yy) * g.w + xx) * k + k0, r);
     }
   }
@@ -410,11 +430,11 @@ void UntransformKernelGrad(const float* du, int64_t c, int64_t k, float* dw) {
   }
 }
 
-// y = conv(x, w) + bias (ReLU'd if asked) given the transformed kernel u.
-// y = conv(x, w) + bias (ReLU'd if asked) given the transformed kernel u.
+// y = conv(x, w) + bias (ReLU'd if asked, times the mask if any) given the
+// transformed kernel u.
 ffi::Error Convolve(const float* xp, const Tiling& g, int64_t c,
                     const float* up, int64_t k, const float* bp, bool relu,
-                    float* yp) {
+                    const PixelMask& mask, float* yp) {
   const int64_t blocks = (g.tiles + kBlockTiles - 1) / kBlockTiles;
   // Per thread: the block's transformed input V[xi][t][c] and the GEMM
   // results M[xi][t][k], ~0.9 MB for C = K = 64 (fits in L2).
@@ -446,8 +466,8 @@ ffi::Error Convolve(const float* xp, const Tiling& g, int64_t c,
       }
       for (int64_t tt = 0; tt < nt; ++tt) {
         for (int64_t k0 = 0; k0 < k; k0 += 16) {
-          TransformOutputTile(mt + tt * k + k0, ms, bp, relu, k, g, t0 + tt,
-                              k0, yp);
+          TransformOutputTile(mt + tt * k + k0, ms, bp, relu, mask, k, g,
+                              t0 + tt, k0, yp);
         }
       }
     }
@@ -455,9 +475,9 @@ ffi::Error Convolve(const float* xp, const Tiling& g, int64_t c,
   return ffi::Error::Success();
 }
 
-ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                   ffi::Buffer<ffi::F32> bias, bool relu,
-                   ffi::ResultBuffer<ffi::F32> y) {
+ffi::Error ForwardWithMask(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                           ffi::Buffer<ffi::F32> bias, const PixelMask& mask,
+                           bool relu, ffi::ResultBuffer<ffi::F32> y) {
   const auto xd = x.dimensions(), wd = w.dimensions(), bd = bias.dimensions(),
              yd = y->dimensions();
   if (xd.size() != 4 || wd.size() != 4 || bd.size() != 1 || yd.size() != 4 ||
@@ -473,7 +493,30 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   if (!u) return OutOfMemory();
   TransformKernel(w.typed_data(), c, k, u.get());
   return Convolve(x.typed_data(), Tiling(xd[0], xd[1], xd[2]), c, u.get(), k,
-                  bias.typed_data(), relu, y->typed_data());
+                  bias.typed_data(), relu, mask, y->typed_data());
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                   ffi::Buffer<ffi::F32> bias, bool relu,
+                   ffi::ResultBuffer<ffi::F32> y) {
+  return ForwardWithMask(x, w, bias, PixelMask(), relu, y);
+}
+
+ffi::Error ForwardMasked(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                         ffi::Buffer<ffi::F32> bias,
+                         ffi::Buffer<ffi::F32> mask, bool relu,
+                         ffi::ResultBuffer<ffi::F32> y) {
+  const auto xd = x.dimensions(), md = mask.dimensions();
+  if (xd.size() != 4 || md.size() != 4 || (md[0] != 1 && md[0] != xd[0]) ||
+      md[1] != xd[1] || md[2] != xd[2] || md[3] != 1) {
+    return ffi::Error::InvalidArgument(
+        "vdsr winograd conv: expected a mask (1 or N, H, W, 1) for x "
+        "(N, H, W, C)");
+  }
+  PixelMask pixel_mask;
+  pixel_mask.data = mask.typed_data();
+  pixel_mask.batch = md[0];
+  return ForwardWithMask(x, w, bias, pixel_mask, relu, y);
 }
 
 ffi::Error BwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
@@ -496,7 +539,7 @@ ffi::Error BwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
   TransformKernel(flipped.get(), k, c, u.get());
   std::memset(zeros.get(), 0, sizeof(float) * c);
   return Convolve(dy.typed_data(), Tiling(dyd[0], dyd[1], dyd[2]), k, u.get(),
-                  c, zeros.get(), false, dx->typed_data());
+                  c, zeros.get(), false, PixelMask(), dx->typed_data());
 }
 
 ffi::Error BwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
@@ -571,6 +614,14 @@ ffi::Error BwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VdsrWinogradFwd, Forward,
                               ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<bool>("relu")
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VdsrWinogradFwdMasked, ForwardMasked,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
