@@ -30,8 +30,8 @@ convolutions on GPU (both allow TF32 on Ampere and later: JAX's default
 precision, PyTorch's `cudnn.allow_tf32 = True`); `highest` asks both for
 full float32 (`jax_default_matmul_precision='highest'`,
 `cudnn.allow_tf32 = False`); `bf16` is mixed precision in both: JAX
-computes the network in bfloat16 with float32 parameters
-(`VDSR(dtype=jnp.bfloat16)`, `network_forward(dtype=...)`), PyTorch runs
+computes the network in bfloat16 with float32 parameters (train.py's
+`--compute_dtype=bfloat16`, `network_forward(dtype=...)`), PyTorch runs
 it under `torch.autocast(dtype=torch.bfloat16)`. Peak memory on GPU is the
 device's peak allocation of each worker (JAX `memory_stats`, PyTorch
 `max_memory_allocated`), besides the host RSS.
@@ -120,9 +120,10 @@ def _jax_runner(config: str, conv_method: str):
     return lambda: product(a, b).block_until_ready()
   if config == 'train_step':
     cfg = train.TrainConfig(batch_size=BATCH, patch_size=PATCH,
-                            eval_scales=(), progress=False)
+                            eval_scales=(), progress=False,
+                            compute_dtype=jnp.dtype(dtype).name)
     mesh = train.make_mesh()
-    model = train.create_model(cfg).clone(dtype=dtype)
+    model = train.create_model(cfg)
     tx, schedule = train.create_optimizer(cfg)
     state = train.create_train_state(cfg, model, tx, mesh)
     step = train.make_train_step(cfg, model, tx, schedule, mesh)
