@@ -7,7 +7,9 @@ Rerunning the same command resumes from the last checkpoint in --workdir.
 Multi-host: run one process per host with --coordinator_address=HOST:PORT
 --num_processes=N --process_id=I (same flags otherwise). Errors in flags or
 data stop the program with one line on stderr and exit status 1 (2 for flag
-syntax); Ctrl-C saves a checkpoint and exits with status 130.
+syntax); Ctrl-C (SIGINT) or SIGTERM saves a checkpoint and exits with
+status 130 or 143 (in a multi-host run every process stops at the same
+step, the next --log_every step).
 """
 
 import logging as std_logging
@@ -222,7 +224,7 @@ def main(argv):
                              allow_config_change=FLAGS.allow_config_change)
   except train.TrainingInterrupted as e:
     sys.stderr.write(f'{e}\n')
-    sys.exit(130)
+    sys.exit(128 + e.signal_number)  # 130 after Ctrl-C, 143 after SIGTERM
   except (train.ConfigError, train.TrainingError,
           weights.WeightsError) as e:
     _fail(str(e))

@@ -5,6 +5,7 @@ the gradients are all-reduced across processes (CPU collectives: gloo, the
 default of jax 0.10's `jax_cpu_collectives_implementation`).
 """
 
+import signal
 import socket
 import time
 
@@ -79,3 +80,51 @@ def test_two_processes_match_one_process(tmp_path):
   restored = weights.load_params(multi)
   np.testing.assert_array_equal(restored['conv0']['kernel'],
                                 params['conv0']['kernel'])
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path):
+  """A preemption notice reaching one host: all save at one step, resume."""
+  port = _free_port()
+  workdir = tmp_path / 'multi'
+  logs = [tmp_path / f'process{i}.log' for i in range(2)]
+  common = dict(total_steps=8, log_every=2)
+
+  def start(signal_at=None, i=0, port=port):
+    return run_tiny_in_subprocess(
+        workdir, logs[i], env={'XLA_FLAGS': ''},
+        signal_at=signal_at if i == 1 else None,
+        coordinator_address=f'localhost:{port}', num_processes=2,
+        process_id=i, **common)
+
+  def run_both(**kwargs):
+    procs = [start(i=i, **kwargs) for i in range(2)]
+    try:
+      _wait_all(procs, logs, timeout=300)
+    finally:
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+        p.wait()
+    outputs = [log.read_text() for log in logs]
+    return [p.returncode for p in procs], outputs
+
+  # Process 1 alone gets SIGTERM while reading batch 2 (during step 3): both
+  # stop after step 4, the next log step, and save that checkpoint together.
+  codes, outputs = run_both(signal_at=(2, signal.SIGTERM))
+  report = '\n'.join(out[-2500:] for out in outputs)
+  assert codes == [143, 143], report
+  assert all('Interrupted at step 4: checkpoint saved' in out
+             for out in outputs), report
+  assert [r['step'] for r in reporting.read_metrics(workdir)
+          if r['kind'] == 'train'] == [2, 4]
+
+  codes, outputs = run_both(port=_free_port())
+  assert codes == [0, 0], '\n'.join(out[-2500:] for out in outputs)
+  single = run_tiny(tmp_path / 'single', **common)
+  np.testing.assert_allclose(_losses(workdir), _losses(tmp_path / 'single'),
+                             rtol=1e-6)
+  params = weights.load_npz(workdir / 'params.npz')
+  for layer, d in single['params'].items():
+    for name, value in d.items():
+      np.testing.assert_allclose(params[layer][name], value, rtol=1e-5,
+                                 atol=1e-7, err_msg=f'{layer}/{name}')

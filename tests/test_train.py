@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import numpy as np
@@ -117,9 +118,10 @@ def test_loss_goes_down(tmp_path):
 
 
 class _InterruptAt:
-  """PatchPipeline that sends this process SIGINT when batch `at` is read."""
+  """PatchPipeline that sends this process `signum` when batch `at` is read."""
 
   at = 3
+  signum = signal.SIGINT
 
   def __init__(self, *args, **kwargs):
     self._inner = _PatchPipeline(*args, **kwargs)
@@ -129,21 +131,28 @@ class _InterruptAt:
 
   def __next__(self):
     if self._inner.next_step == self.at:
-      os.kill(os.getpid(), signal.SIGINT)
+      os.kill(os.getpid(), self.signum)
     return next(self._inner)
 
   def __getattr__(self, name):
     return getattr(self._inner, name)
 
 
-def test_interrupt_then_resume_is_bit_identical(tmp_path, monkeypatch):
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_then_resume_is_bit_identical(tmp_path, monkeypatch,
+                                                signum):
   straight = run_tiny(tmp_path / 'straight')
 
   workdir = tmp_path / 'split'
   with monkeypatch.context() as m:
     m.setattr(train.input_pipeline, 'PatchPipeline', _InterruptAt)
-    with pytest.raises(train.TrainingInterrupted, match='checkpoint saved'):
+    m.setattr(_InterruptAt, 'signum', signum)
+    with pytest.raises(train.TrainingInterrupted,
+                       match='checkpoint saved') as raised:
       run_tiny(workdir)
+  assert raised.value.signal_number == signum
+  # The handlers are gone again.
+  assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
   # Ctrl-C during step 4 (batch 3): that step finishes, then it is saved.
   assert checkpointing.find_step_dir(workdir).name == '4'
   assert [r['step'] for r in _train_records(workdir)] == [1, 2, 3, 4]
@@ -384,18 +393,29 @@ _SUBPROCESS_RUN = textwrap.dedent('''
     import json, sys
     sys.path[:0] = [{repo!r}, {tests!r}]
     import test_train
-    out = test_train.run_tiny({workdir!r}, **json.loads({overrides!r}))
+    signal_at = json.loads({signal_at!r})
+    if signal_at:
+      test_train._InterruptAt.at, test_train._InterruptAt.signum = signal_at
+      test_train.train.input_pipeline.PatchPipeline = test_train._InterruptAt
+    try:
+      out = test_train.run_tiny({workdir!r}, **json.loads({overrides!r}))
+    except test_train.train.TrainingInterrupted as e:
+      print('INTERRUPTED', e)
+      sys.exit(128 + e.signal_number)
     print('STEP', out['step'])
 ''')
 
 
-def run_tiny_in_subprocess(workdir, log, env=None, **overrides):
+def run_tiny_in_subprocess(workdir, log, env=None, signal_at=None,
+                           **overrides):
   """Starts run_tiny in a fresh Python (e.g. with other XLA_FLAGS).
 
-  stdout and stderr go to the file `log`.
+  stdout and stderr go to the file `log`. `signal_at=(step, signum)`: the
+  process sends itself `signum` when it reads batch `step`.
   """
   code = _SUBPROCESS_RUN.format(repo=str(REPO), tests=str(TESTS),
                                 workdir=str(workdir),
+                                signal_at=json.dumps(signal_at),
                                 overrides=json.dumps(overrides))
   env = dict(os.environ, **(env or {}))
   with open(log, 'w') as f:
@@ -569,3 +589,40 @@ def test_trained_runs_match_their_flagfiles(flagfile, run):
       print('OK')
   ''').replace('__FLAGFILE__', flagfile).replace('__RUN__', run)
   _run_python_ok(code)
+
+
+def test_cli_sigterm_saves_and_exits_143(tmp_path):
+  """What a scheduler's preemption notice does to experiments/train.py."""
+  _write_pngs(tmp_path / 'train', synthetic_images())
+  workdir = tmp_path / 'w'
+  env = dict(os.environ)
+  env.pop('PYTHONPATH', None)
+  proc = subprocess.Popen(
+      [sys.executable, str(REPO / 'experiments' / 'train.py'),
+       f'--workdir={workdir}', f'--train_images_dir={tmp_path / "train"}',
+       '--depth=3', '--features=8', '--patch_size=17', '--batch_size=8',
+       '--total_steps=100000', '--log_every=1', '--checkpoint_every=0',
+       '--eval_scales=', '--noprogress'],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
+  try:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+      if (workdir / reporting.METRICS_FILE).exists() and _train_records(
+          workdir):
+        break
+      time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
+  assert proc.returncode == 143, stderr
+  assert 'SIGTERM: saving a checkpoint' in stdout
+  assert 'checkpoint saved' in stderr
+  assert 'Traceback' not in stderr
+  saved = int(checkpointing.find_step_dir(workdir).name)
+  assert 1 <= saved < 100000
+  assert saved == _train_records(workdir)[-1]['step']

@@ -78,7 +78,16 @@ class TrainingError(RuntimeError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-  """Ctrl-C: training stopped after saving a checkpoint."""
+  """Ctrl-C or SIGTERM: training stopped after saving a checkpoint.
+
+  `signal_number` is the signal that asked for the stop (SIGINT for a
+  KeyboardInterrupt raised otherwise); `experiments/train.py` exits with
+  128 + it, as a process killed by that signal would.
+  """
+
+  def __init__(self, message: str, signal_number: int = signal.SIGINT):
+    super().__init__(message)
+    self.signal_number = int(signal_number)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -548,28 +557,50 @@ def paper_psnr(datasets: Sequence[str]) -> Dict[str, float]:
 
 
 class _StopRequest:
-  """First Ctrl-C asks the loop to save and stop; a second one aborts."""
+  """SIGINT (Ctrl-C) or SIGTERM asks the loop to save and stop.
+
+  SIGTERM is what schedulers send before they kill a job (SLURM, Kubernetes,
+  preemptible VMs, `timeout`), so a preempted run keeps its progress. A
+  second signal aborts without saving.
+  """
+
+  SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.signal_number = None  # the first signal received
+    self._previous = {}
+
+  @property
+  def requested(self) -> bool:
+    return self.signal_number is not None
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGINT, self._handle)
+      for signum in self.SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
     if self.requested:
       raise KeyboardInterrupt
-    self.requested = True
-    tqdm.tqdm.write('Interrupted: saving a checkpoint after this step '
-                    '(Ctrl-C again to abort without saving).')
+    self.signal_number = signum
+    tqdm.tqdm.write(f'{signal.Signals(signum).name}: saving a checkpoint '
+                    'after this step (a second signal aborts without '
+                    'saving).')
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGINT, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+
+
+def _signal_anywhere(signal_number: Optional[int]) -> Optional[int]:
+  """A stop signal received by any process (None if none); all must call."""
+  number = np.int32(signal_number or 0)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    number = np.max(multihost_utils.process_allgather(number))
+  return int(number) or None
 
 
 class _Metrics:
@@ -712,8 +743,12 @@ class _Run:
 
   def _loop(self, stop: _StopRequest):
     c = self.config
+    # One process stops at once; several must stop (and save, a collective)
+    # at the same step, so they agree at every log step, where the loop
+    # waits for the device anyway.
+    single = jax.process_count() == 1
     for step in range(self.start, c.total_steps):
-      if stop.requested:
+      if single and stop.requested:
         raise KeyboardInterrupt
       batch = global_batch(next(self.pipeline), self.mesh)
       self.state, step_metrics = self.step_fn(self.state, batch)
@@ -732,20 +767,27 @@ class _Run:
       if (self.evaluating and not final and c.eval_every
           and done % c.eval_every == 0):
         self.evaluate(done)
+      if not single and not final and done % c.log_every == 0:
+        signum = _signal_anywhere(stop.signal_number)
+        if signum:
+          stop.signal_number = stop.signal_number or signum
+          raise KeyboardInterrupt
 
   def train(self):
-    """The training loop; a NaN stops it, Ctrl-C saves and stops it."""
+    """The training loop; a NaN stops it, SIGINT/SIGTERM save and stop it."""
+    stop = _StopRequest()
     try:
-      with _StopRequest() as stop:
+      with stop:
         self._loop(stop)
     except TrainingError as e:
       raise self._diverged(e) from None
     except KeyboardInterrupt:
       step = self.pipeline.next_step
+      signum = stop.signal_number or signal.SIGINT
       if any(x.is_deleted() for x in jax.tree.leaves(self.state)):
         raise TrainingInterrupted(
             f'Interrupted during step {step}; no checkpoint saved (the last '
-            f'is step {self.last_saved}).') from None
+            f'is step {self.last_saved}).', signum) from None
       if self.last_saved != step:
         try:
           self.save()
@@ -754,7 +796,7 @@ class _Run:
       raise TrainingInterrupted(
           f'Interrupted at step {step}: checkpoint saved in '
           f'{checkpointing.checkpoint_dir(self.workdir)}; run the same '
-          'command to resume.') from None
+          'command to resume.', signum) from None
     finally:
       self.bar.close()
 
