@@ -45,37 +45,61 @@ def _losses(workdir):
           if r['kind'] == 'train']
 
 
-def test_two_processes_match_one_process(tmp_path):
+def _run_two_processes(workdir, logs, meanwhile=None, signal_at=None,
+                       **overrides):
+  """run_tiny in 2 processes (jax.distributed) sharing `workdir`.
+
+  `meanwhile()` runs in this process while they train; process 1 gets
+  `signal_at` (see run_tiny_in_subprocess). Returns (exit codes, report of
+  their logs).
+  """
   port = _free_port()
-  multi = tmp_path / 'multi'
-  logs = [tmp_path / f'process{i}.log' for i in range(2)]
   procs = [
       run_tiny_in_subprocess(
-          multi, logs[i], env={'XLA_FLAGS': ''}, total_steps=3,
+          workdir, logs[i], env={'XLA_FLAGS': ''},
+          signal_at=signal_at if i == 1 else None,
           coordinator_address=f'localhost:{port}', num_processes=2,
-          process_id=i)
+          process_id=i, **overrides)
       for i in range(2)]
   try:
-    single = run_tiny(tmp_path / 'single', total_steps=3)
+    if meanwhile is not None:
+      meanwhile()
     _wait_all(procs, logs, timeout=300)
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
       p.wait()
-  outputs = [log.read_text() for log in logs]
-  report = '\n'.join(f'--- process {i} (exit {p.returncode}):\n{out[-2500:]}'
-                     for i, (p, out) in enumerate(zip(procs, outputs)))
-  assert all(p.returncode == 0 for p in procs), report
-  assert all('STEP 3' in out for out in outputs), report
+  report = '\n'.join(
+      f'--- process {i} (exit {p.returncode}):\n{log.read_text()[-2500:]}'
+      for i, (p, log) in enumerate(zip(procs, logs)))
+  return [p.returncode for p in procs], report
 
-  np.testing.assert_allclose(_losses(multi), _losses(tmp_path / 'single'),
+
+def _assert_matches_single(workdir, single_workdir, single_params):
+  np.testing.assert_allclose(_losses(workdir), _losses(single_workdir),
                              rtol=1e-6)
-  params = weights.load_npz(multi / 'params.npz')
-  for layer, d in single['params'].items():
+  params = weights.load_npz(workdir / 'params.npz')
+  for layer, d in single_params.items():
     for name, value in d.items():
       np.testing.assert_allclose(params[layer][name], value, rtol=1e-5,
                                  atol=1e-7, err_msg=f'{layer}/{name}')
+  return params
+
+
+def test_two_processes_match_one_process(tmp_path):
+  multi = tmp_path / 'multi'
+  logs = [tmp_path / f'process{i}.log' for i in range(2)]
+  single = {}
+  codes, report = _run_two_processes(
+      multi, logs, total_steps=3,
+      meanwhile=lambda: single.update(
+          run_tiny(tmp_path / 'single', total_steps=3)))
+  assert codes == [0, 0], report
+  assert report.count('STEP 3') == 2, report
+
+  params = _assert_matches_single(multi, tmp_path / 'single',
+                                  single['params'])
   # The checkpoint written by the two processes restores like any other.
   restored = weights.load_params(multi)
   np.testing.assert_array_equal(restored['conv0']['kernel'],
@@ -84,47 +108,20 @@ def test_two_processes_match_one_process(tmp_path):
 
 def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path):
   """A preemption notice reaching one host: all save at one step, resume."""
-  port = _free_port()
   workdir = tmp_path / 'multi'
   logs = [tmp_path / f'process{i}.log' for i in range(2)]
   common = dict(total_steps=8, log_every=2)
 
-  def start(signal_at=None, i=0, port=port):
-    return run_tiny_in_subprocess(
-        workdir, logs[i], env={'XLA_FLAGS': ''},
-        signal_at=signal_at if i == 1 else None,
-        coordinator_address=f'localhost:{port}', num_processes=2,
-        process_id=i, **common)
-
-  def run_both(**kwargs):
-    procs = [start(i=i, **kwargs) for i in range(2)]
-    try:
-      _wait_all(procs, logs, timeout=300)
-    finally:
-      for p in procs:
-        if p.poll() is None:
-          p.kill()
-        p.wait()
-    outputs = [log.read_text() for log in logs]
-    return [p.returncode for p in procs], outputs
-
   # Process 1 alone gets SIGTERM while reading batch 2 (during step 3): both
   # stop after step 4, the next log step, and save that checkpoint together.
-  codes, outputs = run_both(signal_at=(2, signal.SIGTERM))
-  report = '\n'.join(out[-2500:] for out in outputs)
+  codes, report = _run_two_processes(
+      workdir, logs, signal_at=(2, signal.SIGTERM), **common)
   assert codes == [143, 143], report
-  assert all('Interrupted at step 4: checkpoint saved' in out
-             for out in outputs), report
+  assert report.count('Interrupted at step 4: checkpoint saved') == 2, report
   assert [r['step'] for r in reporting.read_metrics(workdir)
           if r['kind'] == 'train'] == [2, 4]
 
-  codes, outputs = run_both(port=_free_port())
-  assert codes == [0, 0], '\n'.join(out[-2500:] for out in outputs)
+  codes, report = _run_two_processes(workdir, logs, **common)
+  assert codes == [0, 0], report
   single = run_tiny(tmp_path / 'single', **common)
-  np.testing.assert_allclose(_losses(workdir), _losses(tmp_path / 'single'),
-                             rtol=1e-6)
-  params = weights.load_npz(workdir / 'params.npz')
-  for layer, d in single['params'].items():
-    for name, value in d.items():
-      np.testing.assert_allclose(params[layer][name], value, rtol=1e-5,
-                                 atol=1e-7, err_msg=f'{layer}/{name}')
+  _assert_matches_single(workdir, tmp_path / 'single', single['params'])
