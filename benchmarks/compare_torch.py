@@ -2,7 +2,7 @@ r"""VDSR in JAX (this project) against PyTorch, side by side, CPU or GPU.
 
   python benchmarks/compare_torch.py [--repeats=N] [--json_out=FILE]
       [--configs=train_step,infer_512,infer_1080p] [--jax_conv=auto|lax|...]
-      [--device=cpu|gpu] [--precision=default|highest|bf16]
+      [--device=cpu|gpu] [--precision=default|highest|bf16] [--jax_bucket=32]
 
 Three configurations, and a fourth on request:
   train_step:  one optimiser update on a batch of 64 41x41 patches. JAX runs
@@ -95,6 +95,10 @@ def _precision() -> str:
   return os.environ.get('VDSR_BENCH_PRECISION', 'default')
 
 
+def _bucket() -> int:
+  return int(os.environ.get('VDSR_BENCH_BUCKET', '32'))
+
+
 def _jax_runner(config: str, conv_method: str):
   import jax
   import jax.numpy as jnp
@@ -140,8 +144,11 @@ def _jax_runner(config: str, conv_method: str):
   params = models.init_params(jax.random.PRNGKey(0), models.VDSR(), 9)
   x = jax.device_put(rng.random((1, h, w, 1), np.float32))
 
+  bucket = _bucket() or None
+
   def run():
-    inference.network_forward(params, x, dtype=dtype).block_until_ready()
+    inference.network_forward(params, x, dtype=dtype,
+                              bucket=bucket).block_until_ready()
   return run
 
 
@@ -330,6 +337,10 @@ def main(argv=None):
                  help='default: float32, TF32 allowed on GPU in both '
                       'frameworks; highest: full float32; bf16: bfloat16 '
                       'mixed precision in both.')
+  p.add_argument('--jax_bucket', type=int, default=32,
+                 help='Inference shape bucket of the JAX side (0: none, so '
+                      'no padding and no per-layer mask; one compilation '
+                      'per image size).')
   p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.worker:  # device and precision come from the parent's environment
@@ -337,6 +348,7 @@ def main(argv=None):
     return
   os.environ['VDSR_BENCH_DEVICE'] = args.device
   os.environ['VDSR_BENCH_PRECISION'] = args.precision
+  os.environ['VDSR_BENCH_BUCKET'] = str(args.jax_bucket)
   configs = [c for c in args.configs.split(',') if c]
   for c in configs:
     if c not in CONFIGS:
@@ -345,6 +357,7 @@ def main(argv=None):
                          'python': sys.version.split()[0],
                          'gpu': _gpu_name() if args.device == 'gpu' else None},
              'device': args.device, 'precision': args.precision,
+             'jax_bucket': args.jax_bucket,
              'repeats': args.repeats}
   print(f'{"config":12s} {"jax ms":>9s} {"torch ms":>9s} {"speedup":>8s} '
         f'{"jax thr":>10s} {"torch thr":>10s} {"jax MB":>7s} {"torch MB":>8s} '
