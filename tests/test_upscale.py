@@ -554,6 +554,24 @@ def run_cli(*args, cwd):
                         text=True, timeout=300, check=False)
 
 
+@pytest.mark.parametrize('console_script', [False, True])
+def test_cli_usage_names_the_inputs(tmp_path, console_script):
+  if console_script:  # like the generated `vdsr-upscale`: no module doc
+    code = ('import sys; from vdsr_jax import upscaling; '
+            'sys.argv[0] = "vdsr-upscale"; upscaling.run_main()')
+    path = [str(REPO)] + [p for p in [os.environ.get('PYTHONPATH')] if p]
+    env = dict(os.environ, JAX_PLATFORMS='cpu',
+               PYTHONPATH=os.pathsep.join(path))
+    result = subprocess.run([sys.executable, '-c', code, '--help'],
+                            cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300, check=False)
+  else:
+    result = run_cli('--help', cwd=tmp_path)
+  # (absl's --help exits with status 1.)
+  assert 'vdsr-upscale INPUT... --scale=S' in result.stdout, result.stderr
+  assert '--output' in result.stdout
+
+
 @pytest.fixture
 def tiny_weights(tmp_path, tiny_params):
   path = tmp_path / 'tiny.npz'

@@ -589,7 +589,23 @@ def main(argv: Sequence[str]) -> int:
   return 1 if failed else 0
 
 
+USAGE = """Upscale image files with VDSR.
+
+  vdsr-upscale INPUT... --scale=S [--weights=PATH] [--output=PATH_OR_DIR]
+      [--compare] [--reference=PATH] [--tile=N]
+  (or python -m vdsr_jax.upscale ...)
+
+INPUT: image files or folders of them. Each result is written atomically as
+<stem>_x<S>.png next to its input, or into --output; an input file is never
+overwritten. Unreadable files are reported and skipped; the exit status is 1
+if any input failed.
+"""
+
+
 def run_main() -> None:
   """Console-script entry point (`vdsr-upscale`)."""
+  # absl prints the main module's docstring as the usage (--help, flag
+  # errors): the console script's generated module or vdsr_jax/upscale.py.
+  sys.modules['__main__'].__doc__ = USAGE
   define_flags()
   app.run(main)
