@@ -596,11 +596,9 @@ class _StopRequest:
 
 def _signal_anywhere(signal_number: Optional[int]) -> Optional[int]:
   """A stop signal received by any process (None if none); all must call."""
-  number = np.int32(signal_number or 0)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    number = np.max(multihost_utils.process_allgather(number))
-  return int(number) or None
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  numbers = multihost_utils.process_allgather(np.int32(signal_number or 0))
+  return int(np.max(numbers)) or None
 
 
 class _Metrics:
