@@ -10,9 +10,20 @@ data stop the program with one line on stderr and exit status 1 (2 for flag
 syntax); Ctrl-C (SIGINT) or SIGTERM saves a checkpoint and exits with
 status 130 or 143 (in a multi-host run every process stops at the same
 step, the next --log_every step).
+
+--time_limit=2h (or 45m, 540s) stops a long run cleanly inside a time budget
+(a Colab session, a lent GPU, a batch job's wall limit): once that much time
+has passed since the run started, it saves a checkpoint and exits with status
+75 (EX_TEMPFAIL, "try again"); the same command continues it, so
+
+  until python experiments/train.py --flagfile=... --time_limit=50m; do
+    [ $? -eq 75 ] || exit 1; done
+
+trains to the end in 50-minute pieces.
 """
 
 import logging as std_logging
+import math
 import os
 import pathlib
 import sys
@@ -151,6 +162,12 @@ flags.DEFINE_integer('eval_every', _D.eval_every,
 flags.DEFINE_list('eval_scales', [str(s) for s in _D.eval_scales],
                   'Set5 scales to evaluate (empty: no evaluation).')
 flags.DEFINE_bool('progress', _D.progress, 'Show a progress bar.')
+flags.DEFINE_string('time_limit', '0',
+                    'Stop once this much time has passed since the run '
+                    'started (loading and compiling included; e.g. 540s, 45m, '
+                    '2.5h; a plain number is seconds; 0: no limit): save a '
+                    'checkpoint and exit with status 75; the same command '
+                    'continues.')
 
 # Multi-host.
 flags.DEFINE_string('coordinator_address', None,
@@ -163,6 +180,7 @@ flags.DEFINE_integer('process_id', None,
 flags.mark_flag_as_required('workdir')
 
 FLAGS = flags.FLAGS
+EXIT_TIME_LIMIT = 75  # sysexits.h EX_TEMPFAIL: not finished, run it again
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -186,14 +204,36 @@ def _numbers(name: str, kind):
   return tuple(values)
 
 
+_DURATION_UNITS = {'': 1.0, 's': 1.0, 'm': 60.0, 'h': 3600.0}
+
+
+def parse_duration(text: str) -> float:
+  """'540', '540s', '45m', '2.5h' -> seconds; ConfigError otherwise."""
+  value = str(text).strip().lower()
+  unit = value[-1:] if value[-1:] in ('s', 'm', 'h') else ''
+  try:
+    seconds = float(value[:len(value) - len(unit)]) * _DURATION_UNITS[unit]
+  except ValueError:
+    seconds = float('nan')
+  if not (math.isfinite(seconds) and seconds >= 0):
+    raise train.ConfigError(
+        f'--time_limit must be a duration such as 540s, 45m or 2.5h (a plain '
+        f'number is seconds; 0: no limit), got {text!r}.')
+  return seconds
+
+
 def config_from_flags() -> train.TrainConfig:
   """Builds the TrainConfig from the parsed flags (same names)."""
   lists = {'scales': int, 'downscale_factors': float,
            'decay_boundaries': int, 'eval_scales': int}
   values = {}
   for name in train.TrainConfig.__dataclass_fields__:
-    values[name] = (_numbers(name, lists[name]) if name in lists
-                    else FLAGS[name].value)
+    if name in lists:
+      values[name] = _numbers(name, lists[name])
+    elif name == 'time_limit':
+      values[name] = parse_duration(FLAGS[name].value)
+    else:
+      values[name] = FLAGS[name].value
   return train.TrainConfig(**values)
 
 
@@ -225,6 +265,9 @@ def main(argv):
   except train.TrainingInterrupted as e:
     sys.stderr.write(f'{e}\n')
     sys.exit(128 + e.signal_number)  # 130 after Ctrl-C, 143 after SIGTERM
+  except train.TimeLimitReached as e:
+    sys.stderr.write(f'{e}\n')
+    sys.exit(EXIT_TIME_LIMIT)
   except (train.ConfigError, train.TrainingError,
           weights.WeightsError) as e:
     _fail(str(e))

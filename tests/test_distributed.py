@@ -46,12 +46,12 @@ def _losses(workdir):
 
 
 def _run_two_processes(workdir, logs, meanwhile=None, signal_at=None,
-                       **overrides):
+                       process1_overrides=None, **overrides):
   """run_tiny in 2 processes (jax.distributed) sharing `workdir`.
 
-  `meanwhile()` runs in this process while they train; process 1 gets
-  `signal_at` (see run_tiny_in_subprocess). Returns (exit codes, report of
-  their logs).
+  `meanwhile()` runs in this process while they train; process 1 alone gets
+  `signal_at` (see run_tiny_in_subprocess) and `process1_overrides`.
+  Returns (exit codes, report of their logs).
   """
   port = _free_port()
   procs = [
@@ -59,7 +59,8 @@ def _run_two_processes(workdir, logs, meanwhile=None, signal_at=None,
           workdir, logs[i], env={'XLA_FLAGS': ''},
           signal_at=signal_at if i == 1 else None,
           coordinator_address=f'localhost:{port}', num_processes=2,
-          process_id=i, **overrides)
+          process_id=i, **overrides,
+          **((process1_overrides or {}) if i == 1 else {}))
       for i in range(2)]
   try:
     if meanwhile is not None:
@@ -120,6 +121,29 @@ def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path):
   assert report.count('Interrupted at step 4: checkpoint saved') == 2, report
   assert [r['step'] for r in reporting.read_metrics(workdir)
           if r['kind'] == 'train'] == [2, 4]
+
+  codes, report = _run_two_processes(workdir, logs, **common)
+  assert codes == [0, 0], report
+  single = run_tiny(tmp_path / 'single', **common)
+  _assert_matches_single(workdir, tmp_path / 'single', single['params'])
+
+
+def test_time_limit_of_one_process_stops_both_at_one_step(tmp_path):
+  """One host out of time (e.g. a later start): all save at one step."""
+  workdir = tmp_path / 'multi'
+  logs = [tmp_path / f'process{i}.log' for i in range(2)]
+  common = dict(total_steps=8, log_every=2)
+
+  # Only process 1 has a limit, passed at once: both stop at the first log
+  # step, 2, save it together and exit with the "run again" status.
+  codes, report = _run_two_processes(
+      workdir, logs, process1_overrides=dict(time_limit=1e-6), **common)
+  assert codes == [75, 75], report
+  assert 'Time limit of 1e-06 s reached at step 2 of 8' in report, report
+  assert ('Time limit of another process reached at step 2 of 8'
+          in report), report
+  assert [r['step'] for r in reporting.read_metrics(workdir)
+          if r['kind'] == 'train'] == [2]
 
   codes, report = _run_two_processes(workdir, logs, **common)
   assert codes == [0, 0], report

@@ -167,6 +167,45 @@ def test_interrupt_then_resume_is_bit_identical(tmp_path, monkeypatch,
           if r['kind'] == 'session'] == [0, 4]
 
 
+def test_time_limit_stops_with_a_checkpoint_and_continues_exactly(tmp_path):
+  straight = run_tiny(tmp_path / 'straight')
+  workdir = tmp_path / 'pieces'
+  # A limit that has passed before the first step: every session still does
+  # one step (so a rerun loop always progresses), saves it and stops.
+  stopped_at = []
+  while True:
+    try:
+      resumed = run_tiny(workdir, time_limit=1e-6)
+      break
+    except train.TimeLimitReached as e:
+      assert 'run the same command to continue' in str(e)
+      assert checkpointing.find_step_dir(workdir).name == str(e.step)
+      stopped_at.append(e.step)
+  assert stopped_at == [1, 2, 3, 4, 5]
+  assert resumed['step'] == 6
+  _assert_same_params(straight['params'], resumed['params'])
+  assert ([r['loss'] for r in _train_records(workdir)] ==
+          [r['loss'] for r in _train_records(tmp_path / 'straight')])
+  # A generous limit changes nothing: it is a loop flag, not part of the run.
+  again = run_tiny(tmp_path / 'generous', time_limit=3600.0)
+  _assert_same_params(straight['params'], again['params'])
+
+
+@pytest.mark.parametrize('text,seconds', [
+    ('0', 0.0), ('540', 540.0), ('540s', 540.0), ('45m', 2700.0),
+    ('2.5h', 9000.0), (' 1H ', 3600.0)])
+def test_parse_duration(text, seconds):
+  sys.path.insert(0, str(REPO / 'experiments'))
+  try:
+    import train as cli  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.remove(str(REPO / 'experiments'))
+  assert cli.parse_duration(text) == seconds
+  for bad in ('', 'soon', '-1', '5d', 'nan', 'inf'):
+    with pytest.raises(train.ConfigError, match='--time_limit'):
+      cli.parse_duration(bad)
+
+
 def test_input_worker_processes_train_identically(tmp_path):
   threaded = run_tiny(tmp_path / 'thread', input_workers=0)
   workers = run_tiny(tmp_path / 'workers', input_workers=2)
@@ -316,6 +355,8 @@ def _cli(args, env=None, timeout=120):
     (['--scales=two'], '--scales'),
     (['--total_steps=0'], '--total_steps'),
     (['--clip_mode=maybe'], 'clip_mode'),
+    (['--time_limit=soon'], '--time_limit'),
+    (['--time_limit=-5m'], '--time_limit'),
     ([], 'workdir'),
 ])
 def test_cli_bad_flags_one_line(tmp_path, args, expected):
@@ -402,6 +443,9 @@ _SUBPROCESS_RUN = textwrap.dedent('''
     except test_train.train.TrainingInterrupted as e:
       print('INTERRUPTED', e)
       sys.exit(128 + e.signal_number)
+    except test_train.train.TimeLimitReached as e:
+      print('TIME LIMIT', e)
+      sys.exit(75)
     print('STEP', out['step'])
 ''')
 
@@ -626,3 +670,22 @@ def test_cli_sigterm_saves_and_exits_143(tmp_path):
   saved = int(checkpointing.find_step_dir(workdir).name)
   assert 1 <= saved < 100000
   assert saved == _train_records(workdir)[-1]['step']
+
+
+def test_cli_time_limit_saves_and_exits_75(tmp_path):
+  """--time_limit: a checkpoint, status 75, and the same command continues."""
+  _write_pngs(tmp_path / 'train', synthetic_images())
+  workdir = tmp_path / 'w'
+  args = [f'--workdir={workdir}', f'--train_images_dir={tmp_path / "train"}',
+          '--depth=3', '--features=8', '--patch_size=17', '--batch_size=8',
+          '--total_steps=3', '--log_every=1', '--checkpoint_every=0',
+          '--eval_scales=', '--noprogress']
+  result = _cli(args + ['--time_limit=0.001s'])
+  assert result.returncode == 75, result.stderr
+  assert 'Traceback' not in result.stderr
+  assert 'Time limit of 0.001 s reached at step 1 of 3' in result.stderr
+  assert checkpointing.find_step_dir(workdir).name == '1'
+  result = _cli(args + ['--time_limit=1h'])
+  assert result.returncode == 0, result.stderr
+  assert [r['step'] for r in _train_records(workdir)] == [1, 2, 3]
+  assert (workdir / train.PARAMS_FILE).exists()

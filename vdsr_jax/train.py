@@ -64,6 +64,7 @@ ARCHITECTURE = ('depth', 'features', 'residual')
 LOOP_FIELDS = ('data_dir', 'tfds_dir', 'train_images_dir', 'eval_images_dir',
                'prefetch', 'input_workers', 'log_every', 'checkpoint_every',
                'keep_checkpoints', 'eval_every', 'eval_scales', 'progress',
+               'time_limit',
                'coordinator_address', 'num_processes', 'process_id')
 FLAGS_FILE = 'flags.txt'
 PARAMS_FILE = 'params.npz'
@@ -75,6 +76,20 @@ class ConfigError(ValueError):
 
 class TrainingError(RuntimeError):
   """Training stopped on its own: a non-finite loss."""
+
+
+class TimeLimitReached(Exception):
+  """`time_limit` ran out: training stopped after saving a checkpoint.
+
+  Rerunning the same command continues the run (exactly, like a resume after
+  Ctrl-C); `experiments/train.py` exits with status 75 (EX_TEMPFAIL: try
+  again), so a script can rerun it until it exits 0. `step` is the step the
+  checkpoint holds.
+  """
+
+  def __init__(self, message: str, step: int):
+    super().__init__(message)
+    self.step = int(step)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -134,6 +149,7 @@ class TrainConfig:
   eval_every: int = 1000
   eval_scales: Tuple[int, ...] = (2, 3, 4)
   progress: bool = True
+  time_limit: float = 0.0  # seconds of this process's work; 0: none
   # Multi-host (all unset: a single process).
   coordinator_address: Optional[str] = None
   num_processes: Optional[int] = None
@@ -212,6 +228,11 @@ def _problems(c: TrainConfig):
     v = getattr(c, name)
     if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
       yield f'--{name} must be a finite number > 0, got {v!r}.'
+  if not (isinstance(c.time_limit, (int, float)) and not isinstance(
+      c.time_limit, bool) and math.isfinite(c.time_limit)
+          and c.time_limit >= 0):
+    yield (f'--time_limit must be a finite duration >= 0 (0: none), got '
+           f'{c.time_limit!r}.')
   if not 0.0 <= c.momentum < 1.0:
     yield f'--momentum must be in [0, 1), got {c.momentum!r}.'
   if not (math.isfinite(c.weight_decay) and c.weight_decay >= 0):
@@ -594,11 +615,19 @@ class _StopRequest:
       signal.signal(signum, previous)
 
 
-def _signal_anywhere(signal_number: Optional[int]) -> Optional[int]:
-  """A stop signal received by any process (None if none); all must call."""
+def _stop_anywhere(signal_number: Optional[int], out_of_time: bool
+                   ) -> Tuple[Optional[int], bool]:
+  """Whether any process got a stop signal (which; None if none) or ran out
+  of time. Every process must call it at the same step."""
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  numbers = multihost_utils.process_allgather(np.int32(signal_number or 0))
-  return int(np.max(numbers)) or None
+  votes = multihost_utils.process_allgather(
+      np.array([signal_number or 0, int(out_of_time)], np.int32))
+  votes = np.asarray(votes).reshape(-1, 2).max(axis=0)
+  return int(votes[0]) or None, bool(votes[1])
+
+
+class _OutOfTime(Exception):
+  """The loop's way out when `time_limit` has passed."""
 
 
 class _Metrics:
@@ -665,8 +694,12 @@ class _Run:
   """One training run's moving parts; `train_and_evaluate` drives it."""
 
   def __init__(self, config, workdir, mesh, manager, state, start, step_fn,
-               train_images, eval_images, evaluating, changed_flags=None):
+               train_images, eval_images, evaluating, changed_flags=None,
+               started=None):
     self.config = config
+    # time.monotonic() by which this session must stop (None: no limit).
+    self.deadline = ((started if started is not None else time.monotonic())
+                     + config.time_limit) if config.time_limit else None
     self.workdir = workdir
     self.mesh = mesh
     self.manager = manager
@@ -739,15 +772,21 @@ class _Run:
         f'{error} Stopped without saving; {where}. Lower --learning_rate or '
         'clip gradients (--clip_mode, --clip_theta).')
 
+  def _out_of_time(self) -> bool:
+    return self.deadline is not None and time.monotonic() >= self.deadline
+
   def _loop(self, stop: _StopRequest):
     c = self.config
-    # One process stops at once; several must stop (and save, a collective)
-    # at the same step, so they agree at every log step, where the loop
-    # waits for the device anyway.
+    # One process stops at once (after at least one step when out of time,
+    # so every session makes progress); several must stop (and save, a
+    # collective) at the same step, so they agree at every log step, where
+    # the loop waits for the device anyway.
     single = jax.process_count() == 1
     for step in range(self.start, c.total_steps):
       if single and stop.requested:
         raise KeyboardInterrupt
+      if single and step > self.start and self._out_of_time():
+        raise _OutOfTime
       batch = global_batch(next(self.pipeline), self.mesh)
       self.state, step_metrics = self.step_fn(self.state, batch)
       done = step + 1
@@ -766,31 +805,50 @@ class _Run:
           and done % c.eval_every == 0):
         self.evaluate(done)
       if not single and not final and done % c.log_every == 0:
-        signum = _signal_anywhere(stop.signal_number)
+        signum, out_of_time = _stop_anywhere(stop.signal_number,
+                                             self._out_of_time())
         if signum:
           stop.signal_number = stop.signal_number or signum
           raise KeyboardInterrupt
+        if out_of_time:
+          raise _OutOfTime
+
+  def _save_before_stopping(self) -> int:
+    """Saves the current state unless it is saved already; its step."""
+    step = self.pipeline.next_step
+    if self.last_saved != step:
+      try:
+        self.save()
+      except TrainingError as e:
+        raise self._diverged(e) from None
+    return step
 
   def train(self):
-    """The training loop; a NaN stops it, SIGINT/SIGTERM save and stop it."""
+    """The training loop; a NaN stops it, SIGINT/SIGTERM or the time limit
+    save and stop it."""
     stop = _StopRequest()
     try:
       with stop:
         self._loop(stop)
     except TrainingError as e:
       raise self._diverged(e) from None
+    except _OutOfTime:
+      step = self._save_before_stopping()
+      whose = (f'of {self.config.time_limit:g} s' if self._out_of_time()
+               else 'of another process')
+      raise TimeLimitReached(
+          f'Time limit {whose} reached at step '
+          f'{step} of {self.config.total_steps}: checkpoint saved in '
+          f'{checkpointing.checkpoint_dir(self.workdir)}; run the same '
+          'command to continue.', step) from None
     except KeyboardInterrupt:
-      step = self.pipeline.next_step
       signum = stop.signal_number or signal.SIGINT
       if any(x.is_deleted() for x in jax.tree.leaves(self.state)):
         raise TrainingInterrupted(
-            f'Interrupted during step {step}; no checkpoint saved (the last '
-            f'is step {self.last_saved}).', signum) from None
-      if self.last_saved != step:
-        try:
-          self.save()
-        except TrainingError as e:
-          raise self._diverged(e) from None
+            f'Interrupted during step {self.pipeline.next_step}; no '
+            f'checkpoint saved (the last is step {self.last_saved}).',
+            signum) from None
+      step = self._save_before_stopping()
       raise TrainingInterrupted(
           f'Interrupted at step {step}: checkpoint saved in '
           f'{checkpointing.checkpoint_dir(self.workdir)}; run the same '
@@ -847,8 +905,11 @@ def train_and_evaluate(config: TrainConfig, workdir, *,
   Raises:
     ConfigError: the config does not fit the devices or the workdir's run.
     TrainingError: a non-finite loss; the last checkpoint stays as it was.
-    TrainingInterrupted: Ctrl-C; a checkpoint was saved first.
+    TrainingInterrupted: Ctrl-C or SIGTERM; a checkpoint was saved first.
+    TimeLimitReached: `config.time_limit` seconds (counted from this call)
+      passed before the end; a checkpoint was saved first.
   """
+  started = time.monotonic()
   initialize_distributed(config)
   workdir = pathlib.Path(workdir).expanduser().absolute()
   mesh = make_mesh()
@@ -897,7 +958,7 @@ def train_and_evaluate(config: TrainConfig, workdir, *,
 
   step_fn = make_train_step(config, model, tx, schedule, mesh)
   run = _Run(config, workdir, mesh, manager, state, start, step_fn,
-             train_images, eval_images, evaluating, changed)
+             train_images, eval_images, evaluating, changed, started)
   try:
     run.train()
     return run.finish()
