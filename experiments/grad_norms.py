@@ -7,7 +7,9 @@ global-norm clip actually rescales:
       --weights=experiments/results/vdsr_291_cpu_global_norm/checkpoints/2410
 
 Prints, for every layer, the norm of the kernel and bias gradients and their
-share of the squared global norm, plus the batch MSE of the network and of
+share of the squared global norm; with element-wise clipping
+(--clip_mode=value) the share of gradient elements it would cut at each
+learning rate of the schedule; plus the batch MSE of the network and of
 its bicubic input (over --mse_batches batches if given, to compare weights
 on the training distribution). Without --weights the run's initialisation (--seed) is
 used. The batch is batch number --step of the run's own pipeline.
@@ -61,11 +63,27 @@ def gradient_report(config: train.TrainConfig, params, batch) -> str:
     k, b = norms.get((layer, 'kernel'), 0.0), norms.get((layer, 'bias'), 0.0)
     lines.append(f'{layer:8s} {k:10.4g} {b:10.4g} '
                  f'{(k * k + b * b) / total:7.1%}')
+  if config.clip_mode == 'value':
+    lines.append(clipped_share_line(config, grads))
   lines.append(f'global norm {np.sqrt(total):.4g}; batch MSE: network '
                f'{float(jnp.mean((out - y) ** 2)):.5g}, bicubic input '
                f'{float(jnp.mean((x - y) ** 2)):.5g}; mean residual error '
                f'{float(jnp.mean(out - y)):+.4g}')
   return '\n'.join(lines)
+
+
+def clipped_share_line(config: train.TrainConfig, grads) -> str:
+  """Which share of gradient elements element-wise clipping would cut at
+  each learning rate of the run's schedule (threshold theta / lr)."""
+  magnitudes = np.concatenate([np.abs(np.asarray(g)).ravel()
+                               for g in jax.tree.leaves(grads)])
+  rates = [config.learning_rate * config.decay_factor ** k
+           for k in range(len(config.boundaries) + 1)]
+  shares = ', '.join(
+      f'lr {lr:g}: {np.mean(magnitudes > config.clip_theta / lr):.1%}'
+      for lr in rates)
+  return (f'elements beyond theta / lr (theta {config.clip_theta:g}; median '
+          f'|g| {np.median(magnitudes):.3g}): {shares}')
 
 
 def main(argv):
