@@ -9,10 +9,8 @@ difference) and optionally writes {"set5": {"2": {"psnr": .., "ssim": ..}}}.
 """
 
 import json
-import os
 import pathlib
 import sys
-import tempfile
 
 from absl import app
 from absl import flags
@@ -22,7 +20,8 @@ try:
 except ImportError:  # Running from a checkout without `pip install -e .`.
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from vdsr_jax import datasets as datasets_lib  # pylint: disable=g-import-not-at-top
+from vdsr_jax import atomic  # pylint: disable=g-import-not-at-top
+from vdsr_jax import datasets as datasets_lib
 from vdsr_jax import evaluation
 from vdsr_jax import weights as weights_lib
 
@@ -55,18 +54,9 @@ def _fail(message: str) -> None:
 
 
 def _write_json_atomically(obj, path: str) -> None:
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'w') as f:
-      json.dump(obj, f, indent=2)
-      f.write('\n')
-    os.replace(tmp, path)
-  except BaseException:  # Leave no half-written temp file behind.
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  with atomic.write(path, 'w') as f:
+    json.dump(obj, f, indent=2)
+    f.write('\n')
 
 
 def _paper_table():

@@ -13,8 +13,7 @@ this uses Pillow's tile list, so if a future Pillow refuses it the file is
 read at 8 bits with a warning). Other 16-bit colour files (e.g. TIFF) are
 read at 8 bits with a warning.
 
-`write_image` writes atomically (a temporary file in the same folder, then
-`os.replace`), so a reader never sees a half-written file and an interrupted
+`write_image` writes atomically (`atomic.write`), so a reader never sees a half-written file and an interrupted
 write leaves the previous file intact. uint16 arrays are written as 16-bit
 PNGs (colour ones by a small encoder here, since Pillow cannot).
 """
@@ -22,7 +21,6 @@ PNGs (colour ones by a small encoder here, since Pillow cannot).
 import os
 import pathlib
 import struct
-import tempfile
 import warnings
 import zlib
 from typing import Union
@@ -30,6 +28,8 @@ from typing import Union
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
+
+from vdsr_jax import atomic
 
 PathLike = Union[str, os.PathLike]
 
@@ -222,21 +222,8 @@ def write_image(path: PathLike, array) -> None:
     if fmt == 'JPEG' and a.ndim == 3 and a.shape[-1] == 4:
       raise ValueError(f'{path}: JPEG has no alpha channel; use PNG.')
     image = Image.fromarray(a)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.',
-                             suffix='.tmp')
-  try:
-    # mkstemp creates the file private (0600); give it the usual permissions.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    with os.fdopen(fd, 'wb') as f:
-      if data is not None:
-        f.write(data)
-      else:
-        image.save(f, format=fmt)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  with atomic.write(path) as f:
+    if data is not None:
+      f.write(data)
+    else:
+      image.save(f, format=fmt)

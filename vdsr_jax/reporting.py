@@ -26,6 +26,8 @@ import sys
 import time
 from typing import Any, Dict, List, Mapping, Optional
 
+from vdsr_jax import atomic
+
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
 CURVES_FILE = 'curves.png'
@@ -120,7 +122,8 @@ class Reporter:
     self.workdir.mkdir(parents=True, exist_ok=True)
     kept = [r for r in read_metrics(self.path)
             if r.get('step', 0) <= start_step]
-    with open(self.path, 'w') as f:
+    # Atomically: a crash here must not lose the run's history.
+    with atomic.write(self.path, 'w') as f:
       for r in kept:
         f.write(json.dumps(r) + '\n')
     writer = _summary_writer_class()
@@ -206,8 +209,8 @@ def plot_curves(records: List[Dict[str, Any]], path,
   if keys:
     ax_psnr.legend()
   fig.tight_layout()
-  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=100)
+  with atomic.write(path) as f:
+    fig.savefig(f, format='png', dpi=100)
   plt.close(fig)
 
 

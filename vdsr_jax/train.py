@@ -45,6 +45,7 @@ import numpy as np
 import optax
 import tqdm
 
+from vdsr_jax import atomic
 from vdsr_jax import checkpointing
 from vdsr_jax import conv
 from vdsr_jax import input_pipeline
@@ -928,7 +929,7 @@ def train_and_evaluate(config: TrainConfig, workdir, *,
                     changed)
   if primary:
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / FLAGS_FILE).write_text(config_to_flags(config))
+    atomic.write_text(workdir / FLAGS_FILE, config_to_flags(config))
 
   if train_images is None:
     train_images = load_train_images(config)

@@ -12,12 +12,12 @@ Formats:
 
 import hashlib
 import io
-import os
 import pathlib
-import tempfile
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
+
+from vdsr_jax import atomic
 
 Params = Dict[str, Dict[str, Any]]
 
@@ -115,20 +115,8 @@ def save_npz(params: Any, path) -> None:
   arrays = {f'{layer}/{name}': np.asarray(v, np.float32)
             for layer, d in params.items() for name, v in d.items()}
   arrays['__sha256__'] = np.array(_digest(arrays))
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      np.savez(f, **arrays)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; use the usual mode.
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  with atomic.write(path) as f:
+    np.savez(f, **arrays)
 
 
 def load_npz(path) -> Params:
