@@ -7,7 +7,16 @@ whether a setting diverges, stalls or descends:
   python experiments/clip_probe.py --settings=paper_theta0.4,paper_theta0.01,mse_theta0.4 \
       --steps=30 --batch_size=16
 
-This is a diagnostic, not a result: 30 steps say nothing about final PSNR.
+With --weights the probes start from trained weights instead (momentum
+zero), e.g. to compare the loss level each element-wise theta settles at
+under the first phase's learning rate, from a good point:
+
+  python experiments/clip_probe.py --weights=vdsr_jax/pretrained/vdsr_291.npz \
+      --settings=value_theta1e-4,value_theta3e-5,value_theta1e-5 --steps=400 \
+      --batch_size=64 --every_nth_image=1 --window=100
+
+This is a diagnostic, not a result: a few hundred steps say nothing sure
+about final PSNR.
 """
 
 import pathlib
@@ -16,6 +25,7 @@ import time
 
 from absl import app
 from absl import flags
+import jax
 import numpy as np
 
 try:
@@ -25,7 +35,9 @@ except ImportError:
 
 from vdsr_jax import datasets  # pylint: disable=g-import-not-at-top
 from vdsr_jax import input_pipeline
+from vdsr_jax import models
 from vdsr_jax import train
+from vdsr_jax import weights
 
 SETTINGS = {
     'paper_theta0.4': dict(loss='paper', clip_theta=0.4),
@@ -33,6 +45,10 @@ SETTINGS = {
     'mse_theta0.4': dict(loss='mse', clip_theta=0.4),
     'adam_mse': dict(loss='mse', optimizer='adam', learning_rate=1e-4,
                      clip_mode='none'),
+    # The paper flagfile's objective and element-wise clipping, three thetas.
+    'value_theta1e-4': dict(loss='paper', clip_mode='value', clip_theta=1e-4),
+    'value_theta3e-5': dict(loss='paper', clip_mode='value', clip_theta=3e-5),
+    'value_theta1e-5': dict(loss='paper', clip_mode='value', clip_theta=1e-5),
 }
 
 _SETTINGS = flags.DEFINE_list('settings', list(SETTINGS),
@@ -43,6 +59,18 @@ _EVERY_NTH_IMAGE = flags.DEFINE_integer(
     'every_nth_image', 5, 'Use every n-th train291 image (faster start).')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Source images folder.')
 _TFDS_DIR = flags.DEFINE_string('tfds_dir', None, 'Prepared TFDS folder.')
+_IMAGES_DIR = flags.DEFINE_string(
+    'train_images_dir', None, 'A folder of training images to use instead '
+    'of the train291 dataset (e.g. experiments/export_luminance.py output).')
+_WEIGHTS = flags.DEFINE_string(
+    'weights', None, 'Start every probe from these params (.npz, .mat or '
+    'orbax checkpoint) instead of the initialisation.')
+_DEAD_BATCHES = flags.DEFINE_integer(
+    'dead_batches', 0, 'Also count the dead channels of each probe\'s '
+    'final params (ReLU output 0 on all of this many batches).')
+_WINDOW = flags.DEFINE_integer(
+    'window', 0, 'Also print the mean batch MSE over consecutive windows of '
+    'this many steps (0: no).')
 
 
 def main(argv):
@@ -50,19 +78,27 @@ def main(argv):
   unknown = set(_SETTINGS.value) - set(SETTINGS)
   if unknown:
     raise app.UsageError(f'unknown settings {sorted(unknown)}')
-  source = datasets.load('train291', data_dir=_DATA_DIR.value,
-                         tfds_dir=_TFDS_DIR.value)
-  images = [source[i]['image']
-            for i in range(0, len(source), _EVERY_NTH_IMAGE.value)]
+  if _IMAGES_DIR.value:
+    source = train.read_image_folder(_IMAGES_DIR.value)
+  else:
+    examples = datasets.load('train291', data_dir=_DATA_DIR.value,
+                             tfds_dir=_TFDS_DIR.value)
+    source = [examples[i]['image'] for i in range(len(examples))]
+  images = source[::_EVERY_NTH_IMAGE.value]
   prepared = input_pipeline.prepare_images(images)
+  start = weights.load_params(_WEIGHTS.value) if _WEIGHTS.value else None
   for name in _SETTINGS.value:
     config = train.TrainConfig(batch_size=_BATCH.value, **SETTINGS[name])
     model = train.create_model(config)
     tx, schedule = train.create_optimizer(config)
     mesh = train.make_mesh()
     state = train.create_train_state(config, model, tx, mesh)
+    if start is not None:
+      params = jax.device_put(start, jax.tree.map(lambda x: x.sharding,
+                                                  state.params))
+      state = state.replace(params=params, opt_state=jax.jit(tx.init)(params))
     step = train.make_train_step(config, model, tx, schedule, mesh)
-    losses, start = [], time.time()
+    losses, started = [], time.time()
     for k in range(_STEPS.value):
       batch = input_pipeline.make_batch(prepared, config.pipeline_config(), k)
       state, metrics = step(state, train.global_batch(batch, mesh))
@@ -72,7 +108,19 @@ def main(argv):
           f'{[round(v, 5) for v in losses[::3]]}; mean of last 5 '
           f'{np.mean(losses[-5:]):.5f} (bicubic on the last batch '
           f'{bicubic:.5f}); last grad norm {float(metrics["grad_norm"]):.4g}; '
-          f'{time.time() - start:.0f} s', flush=True)
+          f'{time.time() - started:.0f} s', flush=True)
+    if _WINDOW.value:
+      means = [np.mean(losses[i:i + _WINDOW.value])
+               for i in range(0, len(losses), _WINDOW.value)]
+      print(f'{name}: mean batch MSE per {_WINDOW.value} steps '
+            f'{[round(float(v), 6) for v in means]}', flush=True)
+    if _DEAD_BATCHES.value:
+      dead = models.dead_channels(model, train.host_params(state.params), [
+          input_pipeline.make_batch(prepared, config.pipeline_config(),
+                                    10**6 + k)['inputs']
+          for k in range(_DEAD_BATCHES.value)])
+      print(f'{name}: dead channels per hidden layer {dead}; {sum(dead)} of '
+            f'{len(dead) * config.features}', flush=True)
 
 
 if __name__ == '__main__':

@@ -7,7 +7,8 @@ global-norm clip actually rescales:
       --weights=experiments/results/vdsr_291_cpu_global_norm/checkpoints/2410
 
 Prints, for every layer, the norm of the kernel and bias gradients and their
-share of the squared global norm; with element-wise clipping
+share of the squared global norm; with --dead_batches the channels that
+never pass their ReLU; with element-wise clipping
 (--clip_mode=value) the share of gradient elements it would cut at each
 learning rate of the schedule; plus the batch MSE of the network and of
 its bicubic input (over --mse_batches batches if given, to compare weights
@@ -29,6 +30,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import train as cli  # pylint: disable=g-import-not-at-top  # experiments/train.py
 from vdsr_jax import input_pipeline
+from vdsr_jax import models
 from vdsr_jax import train
 from vdsr_jax import weights
 
@@ -36,6 +38,9 @@ _WEIGHTS = flags.DEFINE_string(
     'weights', None, 'Params to probe (.npz, .mat or orbax checkpoint); '
     'default: the initialisation of --seed.')
 _STEP = flags.DEFINE_integer('step', 0, 'Which batch of the pipeline.')
+_DEAD_BATCHES = flags.DEFINE_integer(
+    'dead_batches', 0, 'Also count, per hidden layer, the channels whose '
+    'ReLU output is 0 on all of this many batches from --step on (0: no).')
 _MSE_BATCHES = flags.DEFINE_integer(
     'mse_batches', 0, 'Also report the network and bicubic MSE averaged over '
     'this many batches from --step on (0: none).')
@@ -100,6 +105,13 @@ def main(argv):
   batch = input_pipeline.make_batch(prepared, config.pipeline_config(),
                                     _STEP.value)
   print(gradient_report(config, params, batch))
+  if _DEAD_BATCHES.value:
+    dead = models.dead_channels(model, params, [
+        input_pipeline.make_batch(prepared, config.pipeline_config(),
+                                  k)['inputs']
+        for k in range(_STEP.value, _STEP.value + _DEAD_BATCHES.value)])
+    print(f'dead channels per hidden layer over {_DEAD_BATCHES.value} '
+          f'batches: {dead}; {sum(dead)} of {len(dead) * config.features}')
   if _MSE_BATCHES.value:
     forward = jax.jit(lambda p, x: model.apply({'params': p}, x))
     net, bic = [], []

@@ -98,3 +98,24 @@ def test_wrong_input_shape():
   params = models.init_params(jax.random.PRNGKey(0), model, 9)
   with pytest.raises(ValueError, match='N, H, W, 1'):
     model.apply({'params': params}, jnp.ones((1, 9, 9, 3)))
+
+
+def test_dead_channels_counts_channels_that_never_pass_the_relu():
+  model = models.VDSR(depth=4, features=8)
+  params = models.init_params(jax.random.PRNGKey(7), model, 9)
+  x = jax.random.uniform(jax.random.PRNGKey(8), (2, 11, 11, 1))
+  before = models.dead_channels(model, params, [x])
+  assert len(before) == 3  # conv0, conv1, conv2: the layers with a ReLU
+  # Kill channels 1 and 5 of conv1 with a large negative bias, and channel 0
+  # of conv0 (inputs are >= 0, so a non-positive filter and bias do it).
+  params = jax.tree_util.tree_map(lambda p: p, params)
+  params['conv1']['bias'] = params['conv1']['bias'].at[jnp.array([1, 5])].set(
+      -1e3)
+  params['conv0']['kernel'] = params['conv0']['kernel'].at[..., 0].set(
+      -jnp.abs(params['conv0']['kernel'][..., 0]))
+  params['conv0']['bias'] = params['conv0']['bias'].at[0].set(-0.1)
+  after = models.dead_channels(model, params, [x, x * 0.5])
+  assert after[0] == before[0] + 1 and after[1] >= before[1] + 2, (before,
+                                                                    after)
+  with pytest.raises(ValueError, match='at least one'):
+    models.dead_channels(model, params, [])

@@ -1,6 +1,6 @@
 """The VDSR network (Kim, Lee & Lee, CVPR 2016) as a Flax linen module."""
 
-from typing import Any, Optional
+from typing import Any, Iterable, List, Optional
 
 import flax.linen as nn
 import jax
@@ -92,3 +92,33 @@ def model_from_params(params: Any, residual: bool = True, **kwargs) -> VDSR:
                      f"conv0..conv{{depth-1}}, got {sorted(params)}.")
   features = int(params['conv0']['kernel'].shape[-1])
   return VDSR(depth=depth, features=features, residual=residual, **kwargs)
+
+
+def dead_channels(model: VDSR, params: Any, inputs: Iterable[Any]) -> List[int]:
+  """Per hidden layer, the channels whose ReLU output is 0 on all `inputs`.
+
+  A channel that never passes its ReLU gets no gradient and stays dead: its
+  filters are lost capacity. Training at a high learning rate can kill
+  channels early; this counts them (a diagnostic, e.g. for clipping).
+
+  Args:
+    model: the VDSR module.
+    params: its parameters.
+    inputs: batches of (N, H, W, 1) network inputs.
+
+  Returns:
+    One count per hidden layer conv0 .. conv{depth-2}.
+  """
+  peaks = None
+  for x in inputs:
+    _, state = model.apply({'params': params}, jnp.asarray(x, jnp.float32),
+                           capture_intermediates=True)
+    layers = state['intermediates']
+    # Hidden layers end in their ReLU, so an output > 0 means it passed.
+    batch_peaks = [jnp.max(layers[f'conv{i}']['__call__'][0], axis=(0, 1, 2))
+                   for i in range(model.depth - 1)]
+    peaks = batch_peaks if peaks is None else [
+        jnp.maximum(a, b) for a, b in zip(peaks, batch_peaks)]
+  if peaks is None:
+    raise ValueError('dead_channels needs at least one input batch.')
+  return [int(jnp.sum(p <= 0)) for p in peaks]
