@@ -49,6 +49,9 @@ SETTINGS = {
     'value_theta1e-4': dict(loss='paper', clip_mode='value', clip_theta=1e-4),
     'value_theta3e-5': dict(loss='paper', clip_mode='value', clip_theta=3e-5),
     'value_theta1e-5': dict(loss='paper', clip_mode='value', clip_theta=1e-5),
+    # The same as value_theta1e-4 from a zero last layer (output = bicubic).
+    'value_theta1e-4_zero_out': dict(loss='paper', clip_mode='value',
+                                     clip_theta=1e-4, output_init_scale=0.0),
 }
 
 _SETTINGS = flags.DEFINE_list('settings', list(SETTINGS),

@@ -104,6 +104,10 @@ flags.DEFINE_integer('features', _D.features,
 flags.DEFINE_bool('residual', _D.residual,
                   'Predict the residual (output = input + network). '
                   '--noresidual is the paper\'s non-residual baseline.')
+flags.DEFINE_float('output_init_scale', _D.output_init_scale,
+                   'The last layer\'s initial kernel is He\'s times this (1: '
+                   'the paper; 0: zeros, so training starts from the bicubic '
+                   'output instead of a large random residual).')
 flags.DEFINE_enum('compute_dtype', _D.compute_dtype, train.COMPUTE_DTYPES,
                   'Dtype of the network\'s arithmetic. bfloat16: mixed '
                   'precision for GPUs/TPUs (float32 parameters, optimiser, '

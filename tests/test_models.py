@@ -119,3 +119,21 @@ def test_dead_channels_counts_channels_that_never_pass_the_relu():
                                                                     after)
   with pytest.raises(ValueError, match='at least one'):
     models.dead_channels(model, params, [])
+
+
+def test_output_init_scale_scales_only_the_last_kernel():
+  key = jax.random.PRNGKey(9)
+  x = jax.random.uniform(jax.random.PRNGKey(10), (1, 9, 9, 1))
+  he = models.init_params(key, models.VDSR(depth=4, features=8), 9)
+  for scale in (0.0, 0.1, 1.0):
+    model = models.VDSR(depth=4, features=8, output_init_scale=scale)
+    params = models.init_params(key, model, 9)
+    for layer in ('conv0', 'conv1', 'conv2'):  # untouched
+      np.testing.assert_array_equal(params[layer]['kernel'],
+                                    he[layer]['kernel'])
+    np.testing.assert_allclose(params['conv3']['kernel'],
+                               scale * he['conv3']['kernel'], rtol=1e-6)
+  # Zero: the untrained residual network returns its input exactly.
+  zero = models.VDSR(depth=4, features=8, output_init_scale=0.0)
+  out = zero.apply({'params': models.init_params(key, zero, 9)}, x)
+  np.testing.assert_array_equal(out, x)

@@ -12,6 +12,16 @@ from vdsr_jax import conv
 he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 
 
+def _scaled_he(scale: float):
+  """He's initialiser with its standard deviation times `scale`."""
+  if scale == 1.0:
+    return he_normal
+  if scale == 0.0:
+    return nn.initializers.zeros
+  return nn.initializers.variance_scaling(2.0 * scale * scale, 'fan_in',
+                                          'normal')
+
+
 class VDSR(nn.Module):
   """`depth` 3x3 convolutions with ReLU between them, predicting a residual.
 
@@ -26,11 +36,15 @@ class VDSR(nn.Module):
     residual: add the input to the network's output.
     dtype: computation dtype (e.g. bfloat16 for mixed precision); parameters
       stay float32 and the output is float32.
+    output_init_scale: the last layer's initial kernel is He's times this;
+      0 starts it at zero, so the untrained network outputs its input
+      (bicubic) instead of a large random residual. Initialisation only.
   """
   depth: int = 20
   features: int = 64
   residual: bool = True
   dtype: Any = jnp.float32
+  output_init_scale: float = 1.0
 
   @nn.compact
   def __call__(self, x: jax.Array,
@@ -62,7 +76,8 @@ class VDSR(nn.Module):
       # a ReLU, by the fastest convolution for the backend (see conv.py).
       h = conv.Conv3x3(
           features=1 if last else self.features,
-          kernel_init=he_normal,
+          kernel_init=(_scaled_he(self.output_init_scale) if last
+                       else he_normal),
           bias_init=nn.initializers.zeros,
           dtype=self.dtype,
           relu=not last,

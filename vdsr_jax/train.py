@@ -129,6 +129,7 @@ class TrainConfig:
   features: int = 64
   residual: bool = True
   compute_dtype: str = 'float32'
+  output_init_scale: float = 1.0
   # Objective and optimiser.
   loss: str = 'mse'
   optimizer: str = 'sgd'
@@ -236,6 +237,10 @@ def _problems(c: TrainConfig):
            f'{c.time_limit!r}.')
   if not 0.0 <= c.momentum < 1.0:
     yield f'--momentum must be in [0, 1), got {c.momentum!r}.'
+  if not (isinstance(c.output_init_scale, (int, float))
+          and math.isfinite(c.output_init_scale) and c.output_init_scale >= 0):
+    yield ('--output_init_scale must be a finite number >= 0, got '
+           f'{c.output_init_scale!r}.')
   if not (math.isfinite(c.weight_decay) and c.weight_decay >= 0):
     yield f'--weight_decay must be >= 0, got {c.weight_decay!r}.'
   for b in c.decay_boundaries:
@@ -283,7 +288,8 @@ class TrainState:
 
 
 def create_model(config: TrainConfig) -> models.VDSR:
-  """The VDSR module of `config` (depth, features, residual, compute dtype).
+  """The VDSR module of `config` (depth, features, residual, compute dtype,
+  initial scale of the output layer).
 
   With `compute_dtype='bfloat16'` the convolutions run in bfloat16 (mixed
   precision: the parameters, their gradients, the optimiser and the loss
@@ -291,7 +297,8 @@ def create_model(config: TrainConfig) -> models.VDSR:
   """
   return models.VDSR(depth=config.depth, features=config.features,
                      residual=config.residual,
-                     dtype=jnp.dtype(config.compute_dtype))
+                     dtype=jnp.dtype(config.compute_dtype),
+                     output_init_scale=config.output_init_scale)
 
 
 def create_optimizer(config: TrainConfig
