@@ -82,12 +82,13 @@ def main(argv):
   if unknown:
     raise app.UsageError(f'unknown settings {sorted(unknown)}')
   if _IMAGES_DIR.value:
-    source = train.read_image_folder(_IMAGES_DIR.value)
-  else:
+    images = train.read_image_folder(
+        _IMAGES_DIR.value)[::_EVERY_NTH_IMAGE.value]
+  else:  # decode only the images used
     examples = datasets.load('train291', data_dir=_DATA_DIR.value,
                              tfds_dir=_TFDS_DIR.value)
-    source = [examples[i]['image'] for i in range(len(examples))]
-  images = source[::_EVERY_NTH_IMAGE.value]
+    images = [examples[i]['image']
+              for i in range(0, len(examples), _EVERY_NTH_IMAGE.value)]
   prepared = input_pipeline.prepare_images(images)
   start = weights.load_params(_WEIGHTS.value) if _WEIGHTS.value else None
   for name in _SETTINGS.value:

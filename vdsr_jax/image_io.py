@@ -13,9 +13,10 @@ this uses Pillow's tile list, so if a future Pillow refuses it the file is
 read at 8 bits with a warning). Other 16-bit colour files (e.g. TIFF) are
 read at 8 bits with a warning.
 
-`write_image` writes atomically (`atomic.write`), so a reader never sees a half-written file and an interrupted
-write leaves the previous file intact. uint16 arrays are written as 16-bit
-PNGs (colour ones by a small encoder here, since Pillow cannot).
+`write_image` writes atomically (`atomic.write`), so a reader never sees a
+half-written file and an interrupted write leaves the previous file intact.
+uint16 arrays are written as 16-bit PNGs (colour ones by a small encoder
+here, since Pillow cannot).
 """
 
 import os

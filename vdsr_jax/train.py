@@ -230,19 +230,13 @@ def _problems(c: TrainConfig):
     v = getattr(c, name)
     if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
       yield f'--{name} must be a finite number > 0, got {v!r}.'
-  if not (isinstance(c.time_limit, (int, float)) and not isinstance(
-      c.time_limit, bool) and math.isfinite(c.time_limit)
-          and c.time_limit >= 0):
-    yield (f'--time_limit must be a finite duration >= 0 (0: none), got '
-           f'{c.time_limit!r}.')
   if not 0.0 <= c.momentum < 1.0:
     yield f'--momentum must be in [0, 1), got {c.momentum!r}.'
-  if not (isinstance(c.output_init_scale, (int, float))
-          and math.isfinite(c.output_init_scale) and c.output_init_scale >= 0):
-    yield ('--output_init_scale must be a finite number >= 0, got '
-           f'{c.output_init_scale!r}.')
-  if not (math.isfinite(c.weight_decay) and c.weight_decay >= 0):
-    yield f'--weight_decay must be >= 0, got {c.weight_decay!r}.'
+  for name in ('output_init_scale', 'weight_decay', 'time_limit'):
+    v = getattr(c, name)
+    if not (isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v) and v >= 0):
+      yield f'--{name} must be a finite number >= 0, got {v!r}.'
   for b in c.decay_boundaries:
     if not _is_int(b) or b < 1:
       yield ('--decay_boundaries must be step numbers >= 1, got '
@@ -703,11 +697,9 @@ class _Run:
 
   def __init__(self, config, workdir, mesh, manager, state, start, step_fn,
                train_images, eval_images, evaluating, changed_flags=None,
-               started=None):
+               deadline=None):
     self.config = config
-    # time.monotonic() by which this session must stop (None: no limit).
-    self.deadline = ((started if started is not None else time.monotonic())
-                     + config.time_limit) if config.time_limit else None
+    self.deadline = deadline  # time.monotonic() to stop by; None: no limit
     self.workdir = workdir
     self.mesh = mesh
     self.manager = manager
@@ -966,7 +958,8 @@ def train_and_evaluate(config: TrainConfig, workdir, *,
 
   step_fn = make_train_step(config, model, tx, schedule, mesh)
   run = _Run(config, workdir, mesh, manager, state, start, step_fn,
-             train_images, eval_images, evaluating, changed, started)
+             train_images, eval_images, evaluating, changed,
+             started + config.time_limit if config.time_limit else None)
   try:
     run.train()
     return run.finish()
