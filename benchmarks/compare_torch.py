@@ -3,6 +3,7 @@ r"""VDSR in JAX (this project) against PyTorch, side by side, CPU or GPU.
   python benchmarks/compare_torch.py [--repeats=N] [--json_out=FILE]
       [--configs=train_step,infer_512,infer_1080p] [--jax_conv=auto|lax|...]
       [--device=cpu|gpu] [--precision=default|highest|bf16] [--jax_bucket=32]
+      [--jax_mask=auto|always]
 
 Three configurations, and a fourth on request:
   train_step:  one optimiser update on a batch of 64 41x41 patches. JAX runs
@@ -11,8 +12,9 @@ Three configurations, and a fourth on request:
                decay 1e-4, donated state); PyTorch the same recipe
                (benchmarks/torch_vdsr.py).
   infer_512:   the network on one 512x512 luminance image
-               (JAX: `inference.network_forward`, bucketed and masked as the
-               project runs it; PyTorch: `inference_mode`).
+               (JAX: `inference.network_forward` as the project runs it;
+               512 fills its 32-pixel bucket, so no padding or mask;
+               PyTorch: `inference_mode`).
   infer_1080p: the same on 1920x1080 (JAX pads to the 32-pixel bucket,
                1920x1088, i.e. 0.7% more pixels, and still reports 1080p).
   matmul:      one square matrix product (8192 on GPU, 2048 on CPU) in the
@@ -99,6 +101,10 @@ def _bucket() -> int:
   return int(os.environ.get('VDSR_BENCH_BUCKET', '32'))
 
 
+def _mask() -> str:
+  return os.environ.get('VDSR_BENCH_MASK', 'auto')
+
+
 def _jax_runner(config: str, conv_method: str):
   import jax
   import jax.numpy as jnp
@@ -145,6 +151,16 @@ def _jax_runner(config: str, conv_method: str):
   x = jax.device_put(rng.random((1, h, w, 1), np.float32))
 
   bucket = _bucket() or None
+  if bucket and _mask() == 'always':
+    # The masked program even where the image fills its bucket (what
+    # network_forward ran for every bucketed image before it skipped the
+    # mask for bucket-sized ones): the cost of the mask alone.
+    ph, pw = (inference.bucket_size(n, bucket) for n in (h, w))
+    padded = jnp.pad(x, ((0, 0), (0, ph - h), (0, pw - w), (0, 0)))
+    forward = inference._compiled_forward(  # pylint: disable=protected-access
+        20, 64, True, jnp.dtype(dtype).name)
+    valid = np.array([h, w], np.int32)
+    return lambda: forward(params, padded, valid)[:, :h, :w].block_until_ready()
 
   def run():
     inference.network_forward(params, x, dtype=dtype,
@@ -341,6 +357,10 @@ def main(argv=None):
                  help='Inference shape bucket of the JAX side (0: none, so '
                       'no padding and no per-layer mask; one compilation '
                       'per image size).')
+  p.add_argument('--jax_mask', default='auto', choices=('auto', 'always'),
+                 help="auto: as network_forward (no mask for an image that "
+                      "fills its bucket); always: the padded, masked program "
+                      "for every image (to time the mask's cost).")
   p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.worker:  # device and precision come from the parent's environment
@@ -349,6 +369,7 @@ def main(argv=None):
   os.environ['VDSR_BENCH_DEVICE'] = args.device
   os.environ['VDSR_BENCH_PRECISION'] = args.precision
   os.environ['VDSR_BENCH_BUCKET'] = str(args.jax_bucket)
+  os.environ['VDSR_BENCH_MASK'] = args.jax_mask
   configs = [c for c in args.configs.split(',') if c]
   for c in configs:
     if c not in CONFIGS:
@@ -357,7 +378,7 @@ def main(argv=None):
                          'python': sys.version.split()[0],
                          'gpu': _gpu_name() if args.device == 'gpu' else None},
              'device': args.device, 'precision': args.precision,
-             'jax_bucket': args.jax_bucket,
+             'jax_bucket': args.jax_bucket, 'jax_mask': args.jax_mask,
              'repeats': args.repeats}
   print(f'{"config":12s} {"jax ms":>9s} {"torch ms":>9s} {"speedup":>8s} '
         f'{"jax thr":>10s} {"torch thr":>10s} {"jax MB":>7s} {"torch MB":>8s} '

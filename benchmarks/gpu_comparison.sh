@@ -7,9 +7,10 @@
 #   bash benchmarks/gpu_comparison.sh OUT_DIR [REPEATS]
 #
 # Writes OUT_DIR/gpu_{default,highest,bf16}.json (compare_torch.py's JSON),
-# and gpu_default_nobucket.json: 512x512 inference without the shape bucket
-# (no padding, no per-layer mask), to tell whether they are what makes JAX
-# slower than PyTorch there.
+# and for 512x512 inference (which fills its 32-pixel bucket) the same
+# program with the per-layer mask forced on (gpu_default_mask_always.json,
+# what network_forward ran before it skipped the mask there) and with no
+# bucket at all (gpu_default_nobucket.json): the mask's cost.
 # Needs jax with CUDA and a CUDA build of PyTorch on the machine.
 set -euo pipefail
 out="${1:?usage: bash benchmarks/gpu_comparison.sh OUT_DIR [REPEATS]}"
@@ -21,6 +22,9 @@ for precision in default highest bf16; do
       --repeats="$repeats" --configs=train_step,infer_512,infer_1080p,matmul \
       --json_out="$out/gpu_$precision.json"
 done
+python benchmarks/compare_torch.py --device=gpu --precision=default \
+    --repeats="$repeats" --configs=infer_512 --jax_mask=always \
+    --json_out="$out/gpu_default_mask_always.json"
 python benchmarks/compare_torch.py --device=gpu --precision=default \
     --repeats="$repeats" --configs=infer_512 --jax_bucket=0 \
     --json_out="$out/gpu_default_nobucket.json"

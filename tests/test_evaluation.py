@@ -85,12 +85,18 @@ def test_one_compilation_per_bucket():
   before = forward._cache_size()
   assert before == 0
   rng = np.random.default_rng(0)
-  # Five sizes, all inside the same 32x32 bucket.
+  # Five sizes, all padded into the same 32x32 bucket.
   images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            for h, w in [(24, 30), (30, 24), (32, 32), (27, 29), (26, 32)]]
+            for h, w in [(24, 30), (30, 24), (31, 32), (27, 29), (26, 32)]]
   evaluation.evaluate('vdsr', params, datasets=['custom'], scales=(2,),
                       images={'custom': images}, progress=False)
   assert forward._cache_size() - before == 1
+  # An image that fills the bucket runs the unmasked program: one more.
+  evaluation.evaluate('vdsr', params, datasets=['custom'], scales=(2,),
+                      images={'custom': [rng.integers(0, 256, (32, 32, 3),
+                                                      dtype=np.uint8)]},
+                      progress=False)
+  assert forward._cache_size() - before == 2
 
 
 def test_gray_image_is_its_own_luminance():

@@ -80,6 +80,23 @@ def test_masked_padding_changes_no_output_pixel():
   assert np.abs(np.asarray(leaky - ref)).max() > 1.0
 
 
+def test_bucket_sized_image_runs_unpadded_and_unmasked():
+  model = models.VDSR(depth=3, features=8)
+  params = models.init_params(jax.random.PRNGKey(7), model, 9)
+  x = jax.random.uniform(jax.random.PRNGKey(8), (1, 32, 48, 1))
+  # pylint: disable=protected-access
+  inference._compiled_forward.cache_clear()
+  forward = inference._compiled_forward(3, 8, True, 'float32')
+  plain = inference.network_forward(params, x, bucket=None)
+  bucketed = inference.network_forward(params, x, bucket=16)
+  # The very same program as no bucket at all (no second compilation).
+  assert forward._cache_size() == 1
+  np.testing.assert_array_equal(bucketed, plain)
+  # The masked program, with the image filling its bucket, agrees to rounding.
+  masked = forward(params, x, np.array([32, 48], np.int32))
+  np.testing.assert_allclose(masked, plain, rtol=1e-6, atol=1e-6)
+
+
 def test_bfloat16_forward_is_close_to_float32():
   model = models.VDSR(depth=4, features=8)
   params = models.init_params(jax.random.PRNGKey(5), model, 9)

@@ -4,7 +4,9 @@ Images of many sizes would each trigger an XLA compilation. Instead every
 image is zero-padded (bottom/right) up to a multiple of `bucket` pixels and a
 mask zeroes the padded area after every layer (see `VDSR.__call__`), so a
 compiled function serves all images of a bucket and the output inside the
-true image is the same as an unpadded run.
+true image is the same as an unpadded run. An image whose sides are already
+multiples of `bucket` needs neither: it runs the unmasked program (one more
+compilation per such shape), which is exactly the unpadded run.
 """
 
 import functools
@@ -34,7 +36,16 @@ def _compiled_forward(depth: int, features: int, residual: bool,
                       dtype=jnp.dtype(dtype))
 
   @jax.jit
-  def forward(params, x, mask):
+  def forward(params, x, valid):
+    """`valid`: None, or the true (height, width) inside the padded `x` as
+    an int32 array (traced, so one program serves a whole bucket); the mask
+    is built here, inside the program, not as separate dispatches."""
+    mask = None
+    if valid is not None:
+      rows = jnp.arange(x.shape[1]) < valid[0]
+      cols = jnp.arange(x.shape[2]) < valid[1]
+      mask = (rows[:, None] & cols[None, :])[None, :, :, None]
+      mask = mask.astype(jnp.float32)
     return model.apply({'params': params}, x, mask)
 
   return forward
@@ -70,10 +81,11 @@ def network_forward(params: Any, x: Any, *,
   if not bucket:
     return forward(params, x, None)
   ph, pw = bucket_size(h, bucket), bucket_size(w, bucket)
+  if (ph, pw) == (h, w):  # already a bucket shape: no padding, no mask
+    return forward(params, x, None)
   padded = jnp.pad(x, ((0, 0), (0, ph - h), (0, pw - w), (0, 0)))
-  mask = jnp.pad(jnp.ones((1, h, w, 1), jnp.float32),
-                 ((0, 0), (0, ph - h), (0, pw - w), (0, 0)))
-  return forward(params, padded, mask)[:, :h, :w, :]
+  valid = np.array([h, w], np.int32)
+  return forward(params, padded, valid)[:, :h, :w, :]
 
 
 def to_uint8(x: Any) -> np.ndarray:
