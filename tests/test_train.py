@@ -408,14 +408,14 @@ def test_flagfiles_parse_to_the_expected_configs():
               smoke.total_steps) == (4, 16, 21, 8, 40), smoke
       assert smoke.learning_rate == 0.1 and smoke.eval_scales == (2, 3, 4)
       cli.FLAGS.unparse_flags()
-      cli.FLAGS(['x', '--flagfile=experiments/configs/vdsr_paper_102k_tail.flags',
+      cli.FLAGS(['x', '--flagfile=experiments/configs/vdsr_paper_91k_tail.flags',
                  '--workdir=w'])
-      # The paper recipe, 102,000 steps with a long lr-0.001 phase.
+      # The paper recipe, 91,000 steps with a long lr-0.001 phase.
       tail = cli.config_from_flags()
       assert tail == dataclasses.replace(
           train.TrainConfig(loss='paper', clip_mode='value', clip_theta=1e-4),
-          total_steps=102000, decay_boundaries=(13600, 27200, 95200),
-          log_every=200, eval_every=6800, checkpoint_every=6800,
+          total_steps=91000, decay_boundaries=(9100, 18200, 86450),
+          log_every=200, eval_every=9100, checkpoint_every=9100,
           keep_checkpoints=2), tail
       print('OK')
   ''')
