@@ -22,6 +22,7 @@ from typing import Dict, Mapping
 from absl import app
 from absl import flags
 import numpy as np
+from scipy import stats
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -38,15 +39,15 @@ def kernel_stats(kernel: np.ndarray) -> Dict[str, float]:
   if k.ndim != 4 or k.shape[:2] != (3, 3):
     raise ValueError(f'Expected a (3, 3, in, out) kernel, got {k.shape}.')
   flat = k.ravel()
-  centred = flat - flat.mean()
-  var = np.mean(centred ** 2)
-  kurtosis = float(np.mean(centred ** 4) / var ** 2 - 3.0) if var else 0.0
+  std = float(flat.std())
   centre = k[1, 1].ravel()
-  neighbours = (k[0, 1], k[2, 1], k[1, 0], k[1, 2])
-  corr = [np.corrcoef(centre, n.ravel())[0, 1] for n in neighbours]
-  return {'norm': float(np.linalg.norm(flat)), 'std': float(flat.std()),
-          'kurtosis': kurtosis,
-          'neighbour_corr': float(np.mean(corr)) if centre.size > 1 else 0.0}
+  corr = 0.0
+  if centre.size > 1:  # one (input, output) pair: no correlation to take
+    corr = float(np.mean([np.corrcoef(centre, n.ravel())[0, 1]
+                          for n in (k[0, 1], k[2, 1], k[1, 0], k[1, 2])]))
+  return {'norm': float(np.linalg.norm(flat)), 'std': std,
+          'kurtosis': float(stats.kurtosis(flat)) if std else 0.0,
+          'neighbour_corr': corr}
 
 
 def layer_stats(params: Mapping) -> Dict[str, Dict[str, float]]:
@@ -54,9 +55,9 @@ def layer_stats(params: Mapping) -> Dict[str, Dict[str, float]]:
   out = {}
   for i in range(len(params)):
     layer = params[f'conv{i}']
-    stats = kernel_stats(layer['kernel'])
-    stats['bias_mean_abs'] = float(np.mean(np.abs(np.asarray(layer['bias']))))
-    out[f'conv{i}'] = stats
+    row = kernel_stats(layer['kernel'])
+    row['bias_mean_abs'] = float(np.mean(np.abs(np.asarray(layer['bias']))))
+    out[f'conv{i}'] = row
   return out
 
 
