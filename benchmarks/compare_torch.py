@@ -152,9 +152,10 @@ def _jax_runner(config: str, conv_method: str):
 
   bucket = _bucket() or None
   if bucket and _mask() == 'always':
-    # The masked program even where the image fills its bucket (what
-    # network_forward ran for every bucketed image before it skipped the
-    # mask for bucket-sized ones): the cost of the mask alone.
+    # The masked program even where the image fills its bucket (the
+    # per-layer mask network_forward applied to every bucketed image before
+    # it skipped it for bucket-sized ones), padded once outside the timed
+    # call: the cost of the mask alone.
     ph, pw = (inference.bucket_size(n, bucket) for n in (h, w))
     padded = jnp.pad(x, ((0, 0), (0, ph - h), (0, pw - w), (0, 0)))
     forward = inference._compiled_forward(  # pylint: disable=protected-access

@@ -9,7 +9,7 @@
 # Writes OUT_DIR/gpu_{default,highest,bf16}.json (compare_torch.py's JSON),
 # and for 512x512 inference (which fills its 32-pixel bucket) the same
 # program with the per-layer mask forced on (gpu_default_mask_always.json,
-# what network_forward ran before it skipped the mask there) and with no
+# the per-layer mask network_forward applied there before) and with no
 # bucket at all (gpu_default_nobucket.json): the mask's cost.
 # Needs jax with CUDA and a CUDA build of PyTorch on the machine.
 set -euo pipefail
