@@ -82,6 +82,9 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e))
   loaded = {name: weights.load_params(path) for name, path in paths.items()}
+  depths = {len(params) for params in loaded.values()}
+  if len(depths) != 1:
+    raise app.UsageError(f'The weights have different depths: {depths}.')
   if _INIT_SEED.value is not None:
     import jax  # pylint: disable=g-import-not-at-top
     from vdsr_jax import models  # pylint: disable=g-import-not-at-top
@@ -92,9 +95,6 @@ def main(argv):
         jax.random.PRNGKey(_INIT_SEED.value), model, 41)
   tables = {name: layer_stats(params) for name, params in loaded.items()}
   names = list(tables)
-  depths = {len(t) for t in tables.values()}
-  if len(depths) != 1:
-    raise app.UsageError(f'The weights have different depths: {depths}.')
   for key, fmt in (('norm', '{:8.3f}'), ('std', '{:8.4f}'),
                    ('kurtosis', '{:8.2f}'), ('neighbour_corr', '{:+8.2f}'),
                    ('bias_mean_abs', '{:8.4f}')):

@@ -15,7 +15,7 @@ from vdsr_jax import weights
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _run(args, tmp_path):
+def _run(args):
   env = dict(os.environ)
   env.pop('PYTHONPATH', None)
   return subprocess.run(
@@ -38,7 +38,7 @@ def test_statistics_of_known_weights(tmp_path):
   out = tmp_path / 'stats.json'
   result = _run([f'--weights=a={tmp_path / "init.npz"},'
                  f'b={tmp_path / "smooth.npz"}', '--init_seed=0',
-                 f'--json_out={out}'], tmp_path)
+                 f'--json_out={out}'])
   assert result.returncode == 0, result.stderr
   assert 'neighbour_corr' in result.stdout
   stats = json.loads(out.read_text())
@@ -70,12 +70,11 @@ def test_bad_arguments_give_one_clear_error(tmp_path):
                             models.VDSR(depth=4, features=8), 41)
   weights.save_npz(shallow, tmp_path / 'd3.npz')
   weights.save_npz(deep, tmp_path / 'd4.npz')
-  result = _run([f'--weights={tmp_path / "d3.npz"}'], tmp_path)
+  result = _run([f'--weights={tmp_path / "d3.npz"}'])
   assert result.returncode != 0 and 'NAME=PATH' in result.stderr
-  result = _run([f'--weights=x={tmp_path / "d3.npz"},x={tmp_path / "d4.npz"}'],
-                tmp_path)
+  result = _run([f'--weights=x={tmp_path / "d3.npz"},x={tmp_path / "d4.npz"}'])
   assert result.returncode != 0 and "names 'x' twice" in result.stderr
   result = _run([f'--weights=x={tmp_path / "d3.npz"},y={tmp_path / "d4.npz"}',
-                 f'--json_out={tmp_path / "no.json"}'], tmp_path)
+                 f'--json_out={tmp_path / "no.json"}'])
   assert result.returncode != 0 and 'different depths' in result.stderr
   assert not (tmp_path / 'no.json').exists()
