@@ -34,17 +34,39 @@ def _cell(r):
   return f'{r["psnr"]:.2f} / {r["ssim"]:.4f}' if r else 'n/a'
 
 
+def parse_rows(items):
+  """['label=path.json', ...] -> [(label, results)]; one clear error if bad."""
+  rows = []
+  for item in items:
+    label, sep, path = item.partition('=')
+    if not sep or not label or not path:
+      raise ValueError(f'--rows takes LABEL=PATH pairs, got {item!r}.')
+    if label in (seen for seen, _ in rows):
+      raise ValueError(f'--rows names {label!r} twice.')
+    try:
+      results = json.loads(pathlib.Path(path).read_text())
+    except (OSError, ValueError) as e:
+      raise ValueError(f'--rows: cannot read {path} as evaluation JSON '
+                       f'({e}).') from None
+    if not isinstance(results, dict):
+      raise ValueError(f'--rows: {path} is not what evaluate.py --json_out '
+                       'writes (a {dataset: {scale: {psnr, ssim}}} object).')
+    rows.append((label, results))
+  return rows
+
+
 def main(argv):
   del argv
+  try:
+    rows = parse_rows(_ROWS.value)
+  except ValueError as e:
+    raise app.UsageError(str(e))
   paper = evaluation.load_paper_table(_PAPER.value)
-  rows = []
-  for item in _ROWS.value:
-    label, _, path = item.partition('=')
-    rows.append((label, json.loads(pathlib.Path(path).read_text())))
   for method in ('bicubic', 'vdsr'):
     table = {d: {s: {'psnr': paper[(d, int(s))][f'{method}_psnr'],
                      'ssim': paper[(d, int(s))][f'{method}_ssim']}
-                 for s in _SCALES.value} for d in _DATASETS.value}
+                 for s in _SCALES.value if (d, int(s)) in paper}
+             for d in _DATASETS.value}
     rows.append((f'{method} (paper)', table))
   print('| dataset | scale | ' + ' | '.join(label for label, _ in rows) + ' |')
   print('|---|---|' + '---|' * len(rows))

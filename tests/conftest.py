@@ -2,6 +2,8 @@
 
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -27,3 +29,20 @@ def datasets_dir() -> pathlib.Path:
 def reference_dir(datasets_dir) -> pathlib.Path:
   """The shared reference files (paper table, authors' weights)."""
   return datasets_dir.parent / 'reference'
+
+
+@pytest.fixture
+def run_script():
+  """Runs experiments/<name> as a user would, returning the CompletedProcess.
+
+  This Python, from the repository root, without PYTHONPATH: the script must
+  find vdsr_jax itself. `env` entries are added to the environment.
+  """
+  def run(name, args, env=None, timeout=300):
+    full_env = dict(os.environ, **(env or {}))
+    full_env.pop('PYTHONPATH', None)
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / 'experiments' / name), *args],
+        cwd=REPO_ROOT, env=full_env, capture_output=True, text=True,
+        timeout=timeout, check=False)
+  return run

@@ -2,8 +2,6 @@
 
 import json
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -122,17 +120,13 @@ def test_missing_dataset_folder_is_a_clear_error(tmp_path):
                         tfds_dir=str(tmp_path / 'tfds'), progress=False)
 
 
-def _run_cli(*args):
-  return subprocess.run(
-      [sys.executable, str(REPO_ROOT / 'experiments' / 'evaluate.py'), *args],
-      capture_output=True, text=True, timeout=600, check=False)
-
-
-def test_cli_writes_table_and_json(datasets_dir, tfds_dir, tmp_path, paper):
+def test_cli_writes_table_and_json(datasets_dir, tfds_dir, tmp_path, paper,
+                                   run_script):
   out = tmp_path / 'results.json'
-  proc = _run_cli('--method=bicubic', '--datasets=set5', '--scales=2,4',
-                  f'--data_dir={datasets_dir}', f'--tfds_dir={tfds_dir}',
-                  f'--json_out={out}')
+  proc = run_script('evaluate.py', [
+      '--method=bicubic', '--datasets=set5', '--scales=2,4',
+      f'--data_dir={datasets_dir}', f'--tfds_dir={tfds_dir}',
+      f'--json_out={out}'], timeout=600)
   assert proc.returncode == 0, proc.stderr
   results = json.loads(out.read_text())
   assert set(results) == {'set5'} and set(results['set5']) == {'2', '4'}
@@ -142,9 +136,10 @@ def test_cli_writes_table_and_json(datasets_dir, tfds_dir, tmp_path, paper):
   assert 'set5' in proc.stdout and 'x4' in proc.stdout and 'dPSNR' in proc.stdout
 
 
-def test_cli_bad_weights_one_line_error(tmp_path):
-  proc = _run_cli('--method=vdsr', f'--weights={tmp_path}/nope.mat',
-                  '--datasets=set5', '--scales=2')
+def test_cli_bad_weights_one_line_error(tmp_path, run_script):
+  proc = run_script('evaluate.py', [
+      '--method=vdsr', f'--weights={tmp_path}/nope.mat', '--datasets=set5',
+      '--scales=2'])
   assert proc.returncode != 0
   assert 'No such weights file' in proc.stderr
   assert 'Traceback' not in proc.stderr
@@ -152,8 +147,7 @@ def test_cli_bad_weights_one_line_error(tmp_path):
 
 def test_compare_eval_flags_a_moved_cell(tmp_path, capsys):
   import importlib.util  # pylint: disable=g-import-not-at-top
-  repo = pathlib.Path(__file__).resolve().parents[1]
-  path = repo / 'benchmarks' / 'compare_eval.py'
+  path = REPO_ROOT / 'benchmarks' / 'compare_eval.py'
   spec = importlib.util.spec_from_file_location('compare_eval', path)
   compare_eval = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(compare_eval)

@@ -347,14 +347,6 @@ def test_empty_training_set(tmp_path):
     train.train_and_evaluate(tiny_config(), tmp_path, train_images=[])
 
 
-def _cli(args, env=None, timeout=120):
-  env = dict(os.environ, **(env or {}))
-  env.pop('PYTHONPATH', None)  # experiments/train.py must find vdsr_jax
-  return subprocess.run(
-      [sys.executable, str(REPO / 'experiments' / 'train.py'), *args],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.mark.parametrize('args,expected', [
     (['--bogus=1'], 'bogus'),
     (['--scales=0,2'], '--scales'),
@@ -365,10 +357,10 @@ def _cli(args, env=None, timeout=120):
     (['--time_limit=-5m'], '--time_limit'),
     ([], 'workdir'),
 ])
-def test_cli_bad_flags_one_line(tmp_path, args, expected):
+def test_cli_bad_flags_one_line(tmp_path, args, expected, run_script):
   if expected != 'workdir':
     args = [f'--workdir={tmp_path}', *args]
-  result = _cli(args)
+  result = run_script('train.py', args)
   assert result.returncode != 0
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1, result.stderr
@@ -422,15 +414,17 @@ def test_flagfiles_parse_to_the_expected_configs():
   _run_python_ok(code)
 
 
-def test_cli_missing_data_and_device_mismatch(tmp_path):
+def test_cli_missing_data_and_device_mismatch(tmp_path, run_script):
   empty = tmp_path / 'no_data'
   empty.mkdir()
-  result = _cli([f'--workdir={tmp_path / "w"}', f'--data_dir={empty}',
-                 f'--tfds_dir={tmp_path / "tfds"}', '--max_train_images=1'])
+  result = run_script('train.py', [
+      f'--workdir={tmp_path / "w"}', f'--data_dir={empty}',
+      f'--tfds_dir={tmp_path / "tfds"}', '--max_train_images=1'])
   _assert_one_error(result, 'train291')
 
-  result = _cli([f'--workdir={tmp_path / "w2"}', '--batch_size=6'],
-                env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+  result = run_script(
+      'train.py', [f'--workdir={tmp_path / "w2"}', '--batch_size=6'],
+      env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
   _assert_one_error(result, 'divisible by the number of devices (4)')
 
 
@@ -689,7 +683,7 @@ def test_cli_sigterm_saves_and_exits_143(tmp_path):
   assert saved == _train_records(workdir)[-1]['step']
 
 
-def test_cli_time_limit_saves_and_exits_75(tmp_path):
+def test_cli_time_limit_saves_and_exits_75(tmp_path, run_script):
   """--time_limit: a checkpoint, status 75, and the same command continues."""
   _write_pngs(tmp_path / 'train', synthetic_images())
   workdir = tmp_path / 'w'
@@ -697,12 +691,12 @@ def test_cli_time_limit_saves_and_exits_75(tmp_path):
           '--depth=3', '--features=8', '--patch_size=17', '--batch_size=8',
           '--total_steps=3', '--log_every=1', '--checkpoint_every=0',
           '--eval_scales=', '--noprogress']
-  result = _cli(args + ['--time_limit=0.001s'])
+  result = run_script('train.py', args + ['--time_limit=0.001s'])
   assert result.returncode == 75, result.stderr
   assert 'Traceback' not in result.stderr
   assert 'Time limit of 0.001 s reached at step 1 of 3' in result.stderr
   assert checkpointing.find_step_dir(workdir).name == '1'
-  result = _cli(args + ['--time_limit=1h'])
+  result = run_script('train.py', args + ['--time_limit=1h'])
   assert result.returncode == 0, result.stderr
   assert [r['step'] for r in _train_records(workdir)] == [1, 2, 3]
   assert (workdir / train.PARAMS_FILE).exists()

@@ -1,10 +1,6 @@
 """Tests of experiments/weight_stats.py, run as a user would (its own Python)."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -12,18 +8,8 @@ import numpy as np
 from vdsr_jax import models
 from vdsr_jax import weights
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
 
-
-def _run(args):
-  env = dict(os.environ)
-  env.pop('PYTHONPATH', None)
-  return subprocess.run(
-      [sys.executable, str(REPO / 'experiments' / 'weight_stats.py')] + args,
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-
-
-def test_statistics_of_known_weights(tmp_path):
+def test_statistics_of_known_weights(tmp_path, run_script):
   model = models.VDSR(depth=3, features=8)
   init = jax.tree.map(np.asarray,
                       models.init_params(jax.random.PRNGKey(0), model, 41))
@@ -36,9 +22,9 @@ def test_statistics_of_known_weights(tmp_path):
   weights.save_npz(init, tmp_path / 'init.npz')
   weights.save_npz(smooth, tmp_path / 'smooth.npz')
   out = tmp_path / 'stats.json'
-  result = _run([f'--weights=a={tmp_path / "init.npz"},'
-                 f'b={tmp_path / "smooth.npz"}', '--init_seed=0',
-                 f'--json_out={out}'])
+  result = run_script('weight_stats.py', [
+      f'--weights=a={tmp_path / "init.npz"},b={tmp_path / "smooth.npz"}',
+      '--init_seed=0', f'--json_out={out}'])
   assert result.returncode == 0, result.stderr
   assert 'neighbour_corr' in result.stdout
   stats = json.loads(out.read_text())
@@ -63,18 +49,19 @@ def test_statistics_of_known_weights(tmp_path):
     assert stats['b'][layer]['bias_mean_abs'] == 0.5
 
 
-def test_bad_arguments_give_one_clear_error(tmp_path):
+def test_bad_arguments_give_one_clear_error(tmp_path, run_script):
   model = models.VDSR(depth=3, features=8)
   shallow = models.init_params(jax.random.PRNGKey(0), model, 41)
   deep = models.init_params(jax.random.PRNGKey(0),
                             models.VDSR(depth=4, features=8), 41)
   weights.save_npz(shallow, tmp_path / 'd3.npz')
   weights.save_npz(deep, tmp_path / 'd4.npz')
-  result = _run([f'--weights={tmp_path / "d3.npz"}'])
+  d3, d4 = tmp_path / 'd3.npz', tmp_path / 'd4.npz'
+  result = run_script('weight_stats.py', [f'--weights={d3}'])
   assert result.returncode != 0 and 'NAME=PATH' in result.stderr
-  result = _run([f'--weights=x={tmp_path / "d3.npz"},x={tmp_path / "d4.npz"}'])
+  result = run_script('weight_stats.py', [f'--weights=x={d3},x={d4}'])
   assert result.returncode != 0 and "names 'x' twice" in result.stderr
-  result = _run([f'--weights=x={tmp_path / "d3.npz"},y={tmp_path / "d4.npz"}',
-                 f'--json_out={tmp_path / "no.json"}'])
+  result = run_script('weight_stats.py', [f'--weights=x={d3},y={d4}',
+                                          f'--json_out={tmp_path / "no.json"}'])
   assert result.returncode != 0 and 'different depths' in result.stderr
   assert not (tmp_path / 'no.json').exists()
