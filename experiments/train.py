@@ -118,7 +118,9 @@ flags.DEFINE_enum('compute_dtype', _D.compute_dtype, train.COMPUTE_DTYPES,
 flags.DEFINE_enum('loss', _D.loss, train.LOSSES,
                   'mse: mean squared error over all pixels; paper: '
                   '1/2 * sum of squares per patch, averaged over the batch '
-                  '(= 0.5 * patch_size^2 * mse). Logged loss is always mse.')
+                  '(= 0.5 * patch_size^2 * mse); sum: squared error summed '
+                  'over the whole batch (= patch_size^2 * batch_size * mse, '
+                  'the PyTorch port\'s). Logged loss is always mse.')
 flags.DEFINE_enum('optimizer', _D.optimizer, optimizers.OPTIMIZERS,
                   'sgd: the paper\'s SGD with momentum; adam: Adam (then use '
                   'a small --learning_rate, e.g. 1e-4).')
@@ -130,6 +132,10 @@ flags.DEFINE_float('weight_decay', _D.weight_decay,
 flags.DEFINE_bool('decay_biases', _D.decay_biases,
                   'Apply weight decay to the biases too (default: kernels '
                   'only).')
+flags.DEFINE_bool('train_biases', _D.train_biases,
+                  'False: the biases keep their initial value, zero (the '
+                  'bias-free VDSR of the PyTorch port); their gradients are '
+                  'left out of the clipping norm.')
 flags.DEFINE_enum('clip_mode', _D.clip_mode, optimizers.CLIP_MODES,
                   'Adjustable gradient clipping to clip_theta / lr: '
                   'global_norm clips the global gradient norm, value clips '

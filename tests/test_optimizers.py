@@ -128,6 +128,28 @@ def test_chain_two_steps_by_hand():
   np.testing.assert_allclose(float(schedule(1)), 0.01, rtol=1e-6)
 
 
+@pytest.mark.parametrize('optimizer', ['sgd', 'adam'])
+def test_frozen_biases_stay_put_and_leave_the_clip_norm(optimizer):
+  """train_biases=False: biases never move; their gradient is not clipped on."""
+  tx, _ = optimizers.create(
+      learning_rate=0.1, total_steps=10, optimizer=optimizer, momentum=0.9,
+      weight_decay=1e-4, train_biases=False, clip_mode='global_norm',
+      clip_theta=0.4, clip_adjustable=False)
+  params = {'conv0': {'kernel': jnp.array([1.0, -2.0]),
+                      'bias': jnp.array([0.5])}}
+  # The bias gradient would dominate the norm (as the last layer's does).
+  g = {'conv0': {'kernel': jnp.array([3.0, 4.0]), 'bias': jnp.array([500.0])}}
+  out, new_params = _run(tx, params, [g, g, g])
+  for updates in out:
+    np.testing.assert_array_equal(updates['conv0']['bias'], [0.0])
+  np.testing.assert_array_equal(new_params['conv0']['bias'], [0.5])
+  if optimizer == 'sgd':
+    # Fixed threshold 0.4 on the kernel alone (norm 5): scaled by 0.08.
+    gw = np.array([3.0, 4.0]) * 0.08 + 1e-4 * np.array([1.0, -2.0])
+    np.testing.assert_allclose(out[0]['conv0']['kernel'], -0.1 * gw,
+                               rtol=1e-6)
+
+
 def test_adam_alternative():
   tx, _ = optimizers.create(learning_rate=1e-3, total_steps=10,
                             optimizer='adam', weight_decay=0.0,

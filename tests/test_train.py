@@ -117,6 +117,18 @@ def test_loss_goes_down(tmp_path):
   assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:5])
 
 
+def test_pytorch_port_recipe_trains_bias_free(tmp_path):
+  """--notrain_biases --loss=sum with a fixed global-norm clip (the port's)."""
+  run_tiny(tmp_path, total_steps=20, decay_boundaries=(1000,),
+           train_biases=False, loss='sum', clip_mode='global_norm',
+           clip_theta=0.4, clip_adjustable=False)
+  losses = [r['loss'] for r in _train_records(tmp_path)]
+  assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:5])
+  params = weights.load_npz(tmp_path / train.PARAMS_FILE)
+  for name, layer in params.items():
+    np.testing.assert_array_equal(layer['bias'], 0.0, err_msg=name)
+
+
 class _InterruptAt:
   """PatchPipeline that sends this process `signum` when batch `at` is read."""
 
@@ -336,10 +348,21 @@ def test_architecture_mismatch_on_resume(tmp_path):
     (dict(eval_scales=(1,)), '--eval_scales'),
     (dict(input_workers=-2), '--input_workers'),
     (dict(compute_dtype='float16'), '--compute_dtype'),
+    (dict(decay_biases=True, train_biases=False), '--notrain_biases'),
+    (dict(loss='l1'), '--loss'),
 ])
 def test_config_rejects_impossible_values(overrides, match):
   with pytest.raises(train.ConfigError, match=match):
     tiny_config(**overrides)
+
+
+def test_loss_scales():
+  assert train.loss_scale(tiny_config(loss='mse')) == 1.0
+  config = tiny_config(loss='paper')
+  assert train.loss_scale(config) == 0.5 * config.patch_size ** 2
+  config = tiny_config(loss='sum')
+  assert train.loss_scale(config) == (config.patch_size ** 2
+                                      * config.batch_size)
 
 
 def test_empty_training_set(tmp_path):
@@ -409,6 +432,17 @@ def test_flagfiles_parse_to_the_expected_configs():
           total_steps=91000, decay_boundaries=(9100, 18200, 86450),
           log_every=200, eval_every=9100, checkpoint_every=9100,
           keep_checkpoints=2), tail
+      cli.FLAGS.unparse_flags()
+      cli.FLAGS(['x', '--flagfile=experiments/configs/vdsr_pytorch_port.flags',
+                 '--workdir=w'])
+      # The PyTorch port's recipe: bias-free, summed loss, fixed clip 0.4.
+      port = cli.config_from_flags()
+      assert port == train.TrainConfig(
+          batch_size=128, augment=False, downscale_factors=(1.0, 0.7, 0.5),
+          train_biases=False, loss='sum', clip_adjustable=False,
+          total_steps=36200, decay_every=7240, log_every=100,
+          checkpoint_every=2000, eval_every=7240), port
+      assert port.boundaries == (7240, 14480, 21720, 28960)
       print('OK')
   ''')
   _run_python_ok(code)

@@ -9,9 +9,14 @@ stays the same through training.
 `create` builds, in this order (all inside one `optax.chain`, so everything
 runs inside the jitted train step and its state is checkpointed with it):
 
+  0. With `train_biases=False`, the biases' gradients are zeroed first (and
+     their updates last), so they keep their initial value, zero: the
+     bias-free VDSR of the public PyTorch port (twtygqyy/pytorch-vdsr), with
+     the biases out of the clipping norm too.
   1. `adjustable_clip`: clips the loss gradient to theta / lr(step), either
-     its global norm (`global_norm`, as the public PyTorch port, theta 0.4) or
-     each element to [-theta/lr, theta/lr] (`value`, the paper's wording).
+     its global norm (`global_norm`) or each element to [-theta/lr, theta/lr]
+     (`value`, the paper's wording); with `adjustable=False` at the fixed
+     threshold theta (the PyTorch port: global norm 0.4 at every rate).
   2. `optax.add_decayed_weights`: adds weight_decay * w to the gradient (L2
      regularisation as SGD weight decay in Caffe and MatConvNet). It comes
      after clipping, as in Caffe (ClipGradients before Regularize) and the
@@ -136,10 +141,17 @@ def decay_mask(params: Any, decay_biases: bool = False) -> Any:
   return jax.tree_util.tree_map_with_path(decayed, params)
 
 
+def bias_mask(params: Any) -> Any:
+  """True for the biases."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], 'key', None) == 'bias', params)
+
+
 def create(*, learning_rate: float, total_steps: int, decay_every: int = 0,
            boundaries: Sequence[int] = (), decay_factor: float = 0.1,
            optimizer: str = 'sgd', momentum: float = 0.9,
            weight_decay: float = 1e-4, decay_biases: bool = False,
+           train_biases: bool = True,
            clip_mode: str = 'global_norm', clip_theta: float = 0.4,
            clip_adjustable: bool = True
            ) -> tuple[optax.GradientTransformation, Schedule]:
@@ -158,6 +170,8 @@ def create(*, learning_rate: float, total_steps: int, decay_every: int = 0,
       learning_rate, decay_boundaries(total_steps, decay_every, boundaries),
       decay_factor)
   parts = []
+  if not train_biases:
+    parts.append(optax.masked(optax.set_to_zero(), bias_mask))
   if clip_mode != 'none':
     parts.append(adjustable_clip(clip_theta, schedule, clip_mode,
                                  clip_adjustable))
@@ -171,4 +185,6 @@ def create(*, learning_rate: float, total_steps: int, decay_every: int = 0,
   else:
     parts.append(optax.scale_by_adam())
     parts.append(optax.scale_by_learning_rate(schedule))
+  if not train_biases:
+    parts.append(optax.masked(optax.set_to_zero(), bias_mask))
   return optax.chain(*parts), schedule

@@ -54,7 +54,7 @@ from vdsr_jax import optimizers
 from vdsr_jax import reporting
 from vdsr_jax import weights as weights_lib
 
-LOSSES = ('mse', 'paper')
+LOSSES = ('mse', 'paper', 'sum')
 # Dtypes the network may compute in; parameters, optimiser state, the loss
 # and evaluation stay float32 whichever is chosen.
 COMPUTE_DTYPES = ('float32', 'bfloat16')
@@ -137,6 +137,7 @@ class TrainConfig:
   momentum: float = 0.9
   weight_decay: float = 1e-4
   decay_biases: bool = False
+  train_biases: bool = True
   clip_mode: str = 'global_norm'
   clip_theta: float = 0.4
   clip_adjustable: bool = True
@@ -223,6 +224,9 @@ def _problems(c: TrainConfig):
   if c.optimizer not in optimizers.OPTIMIZERS:
     yield (f'--optimizer must be one of {", ".join(optimizers.OPTIMIZERS)}, '
            f'got {c.optimizer!r}.')
+  if c.decay_biases and not c.train_biases:
+    yield ('--decay_biases and --notrain_biases contradict each other: '
+           'frozen biases are not decayed.')
   if c.clip_mode not in optimizers.CLIP_MODES:
     yield (f'--clip_mode must be one of {", ".join(optimizers.CLIP_MODES)}, '
            f'got {c.clip_mode!r}.')
@@ -304,7 +308,8 @@ def create_optimizer(config: TrainConfig
       decay_every=config.decay_every, boundaries=config.decay_boundaries,
       decay_factor=config.decay_factor, optimizer=config.optimizer,
       momentum=config.momentum, weight_decay=config.weight_decay,
-      decay_biases=config.decay_biases, clip_mode=config.clip_mode,
+      decay_biases=config.decay_biases, train_biases=config.train_biases,
+      clip_mode=config.clip_mode,
       clip_theta=config.clip_theta, clip_adjustable=config.clip_adjustable)
 
 
@@ -335,8 +340,18 @@ def create_train_state(config: TrainConfig, model: models.VDSR,
 
 
 def loss_scale(config: TrainConfig) -> float:
-  """Objective / MSE: 1, or 0.5 * patch_size**2 for the paper's 1/2||.||^2."""
-  return 1.0 if config.loss == 'mse' else 0.5 * config.patch_size ** 2
+  """Objective / MSE of the batch.
+
+  'mse': 1. 'paper': 0.5 * patch_size**2, the paper's 1/2 ||r - f(x)||^2 per
+  patch averaged over the batch (Caffe's EuclideanLoss). 'sum': patch_size**2
+  * batch_size, the squared error summed over the whole (global) batch
+  (Torch's MSELoss(size_average=False), the PyTorch port's).
+  """
+  if config.loss == 'mse':
+    return 1.0
+  if config.loss == 'paper':
+    return 0.5 * config.patch_size ** 2
+  return float(config.patch_size ** 2 * config.batch_size)
 
 
 def _all_finite(tree) -> jax.Array:
