@@ -66,7 +66,7 @@ _IMAGES_DIR = flags.DEFINE_string(
     'train_images_dir', None, 'A folder of training images to use instead '
     'of the train291 dataset (e.g. experiments/export_luminance.py output).')
 _WEIGHTS = flags.DEFINE_string(
-    'weights', None, 'Start every probe from these params (.npz, .mat or '
+    'weights', None, 'Start every probe from these params (.npz, .mat, .pth or '
     'orbax checkpoint) instead of the initialisation.')
 _DEAD_BATCHES = flags.DEFINE_integer(
     'dead_batches', 0, 'Also count the dead channels of each probe\'s '

@@ -35,7 +35,7 @@ from vdsr_jax import train
 from vdsr_jax import weights
 
 _WEIGHTS = flags.DEFINE_string(
-    'weights', None, 'Params to probe (.npz, .mat or orbax checkpoint); '
+    'weights', None, 'Params to probe (.npz, .mat, .pth or orbax checkpoint); '
     'default: the initialisation of --seed.')
 _STEP = flags.DEFINE_integer('step', 0, 'Which batch of the pipeline.')
 _DEAD_BATCHES = flags.DEFINE_integer(

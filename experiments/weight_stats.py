@@ -11,7 +11,7 @@ centre tap with its four neighbours over all (input, output) pairs (0 at
 initialisation; positive for smooth, trained kernels), and the mean |bias|.
 `--init_seed` adds the He initialisation of that seed (`train.py --seed`)
 as a reference column. Weights: any file `vdsr_jax.load_params` reads
-(.mat, .npz, orbax checkpoint).
+(.mat, .npz, .pth, orbax checkpoint).
 """
 
 import json

@@ -3,7 +3,8 @@
 Public API:
   VDSR                      the Flax module.
   upscale(params, img, s)   super-resolve an image (numpy/JAX array).
-  load_params(path)         .mat (authors), .npz (export) or orbax checkpoint.
+  load_params(path)         .mat (authors), .npz (export), .pth (PyTorch port,
+                            read without unpickling) or orbax checkpoint.
   load_pretrained()         the weights shipped with the package.
   evaluate(...)             the paper's benchmark protocol.
   imresize, rgb2ycbcr, ycbcr2rgb, modcrop, shave   MATLAB-exact image ops.

@@ -329,8 +329,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_float('scale', None, 'Upscaling factor (>= 1, may be '
                      'fractional, e.g. 2, 3, 2.5).', flag_values=flag_values)
   flags.DEFINE_string('weights', None, 'VDSR weights: .mat (the authors\' '
-                      'MatConvNet release), .npz (vdsr_jax export) or an '
-                      'orbax checkpoint. Default: the shipped weights.',
+                      'MatConvNet release), .npz (vdsr_jax export), .pth (a '
+                      'PyTorch port, read without unpickling) or an orbax '
+                      'checkpoint. Default: the shipped weights.',
                       flag_values=flag_values)
   flags.DEFINE_string('output', None, 'Output file (a single input only) or '
                       'folder. Default: next to each input, as '

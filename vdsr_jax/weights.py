@@ -6,6 +6,8 @@ Formats:
   * `.npz`: this project's single-file export: one array per
     `conv{i}/kernel|bias`, plus a `__sha256__` entry covering the arrays so a
     damaged file is detected on load.
+  * `.pth` / `.pt`: a PyTorch port's weights (twtygqyy/pytorch-vdsr's
+    layout), read as data without unpickling (`torch_weights.py`).
   * a directory: an orbax checkpoint written by `experiments/train.py` (its
     `params`), or a workdir holding such checkpoints (the latest is used).
 """
@@ -158,8 +160,21 @@ def load_orbax(path) -> Params:
                        for k, d in params.items()})
 
 
+def load_torch(path) -> Params:
+  """Reads a PyTorch port's `.pth` without unpickling it (torch_weights.py)."""
+  from vdsr_jax import torch_weights  # pylint: disable=g-import-not-at-top
+  try:
+    params = torch_weights.load_vdsr(path)
+  except torch_weights.TorchWeightsError as e:
+    raise WeightsError(str(e)) from None
+  try:
+    return check_params(params)
+  except WeightsError as e:
+    raise WeightsError(f'{path}: {e}') from None
+
+
 def load_params(path) -> Params:
-  """Loads VDSR params from a `.mat`, `.npz` or orbax checkpoint path."""
+  """Loads VDSR params from a `.mat`, `.npz`, `.pth` or orbax checkpoint."""
   path = pathlib.Path(path).expanduser()
   if not path.exists():
     raise WeightsError(f'No such weights file or directory: {path}')
@@ -170,9 +185,11 @@ def load_params(path) -> Params:
     return load_matconvnet(path)
   if suffix == '.npz':
     return load_npz(path)
+  if suffix in ('.pth', '.pt'):
+    return load_torch(path)
   raise WeightsError(f'{path}: unknown weights format {suffix!r}; expected '
-                     'a .mat (authors\' MatConvNet), a .npz (vdsr_jax export) '
-                     'or an orbax checkpoint directory.')
+                     'a .mat (authors\' MatConvNet), a .npz (vdsr_jax export), '
+                     'a .pth (PyTorch port) or an orbax checkpoint directory.')
 
 
 def load_pretrained() -> Params:

@@ -1,0 +1,194 @@
+"""Tests for vdsr_jax.torch_weights: .pth files read as data, never executed."""
+
+import io
+import os
+import pathlib
+import struct
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from vdsr_jax import torch_weights
+from vdsr_jax import weights
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+# A minimal pickle writer (protocol 2 opcodes), to build torch-style files
+# here without torch.
+def _str(s):
+  b = s.encode()
+  return b'X' + struct.pack('<I', len(b)) + b
+
+
+def _int(n):
+  return b'J' + struct.pack('<i', n)
+
+
+def _global(module, name):
+  return b'c' + module.encode() + b'\n' + name.encode() + b'\n'
+
+
+def _tuple_of_ints(values):
+  return b'(' + b''.join(_int(v) for v in values) + b't'
+
+
+def _ordered_dict():
+  return _global('collections', 'OrderedDict') + b')R'
+
+
+def _tensor(key, numel, offset, shape, stride):
+  """torch._utils._rebuild_tensor_v2(storage, offset, shape, stride, ...)."""
+  storage = (b'(' + _str('storage') + _global('torch', 'FloatStorage')
+             + _str(key) + _str('cpu') + _int(numel) + b'tQ')
+  return (_global('torch._utils', '_rebuild_tensor_v2') + b'(' + storage
+          + _int(offset) + _tuple_of_ints(shape) + _tuple_of_ints(stride)
+          + b'\x89' + _ordered_dict() + b'tR')
+
+
+def _state_dict_pickle(entries):
+  """An OrderedDict {name: tensor record} pickle."""
+  body = b''.join(_str(name) + record for name, record in entries)
+  return b'\x80\x02' + _ordered_dict() + b'(' + body + b'u.'
+
+
+def _write_zip(path, pickle_bytes, storages):
+  with zipfile.ZipFile(path, 'w') as archive:
+    archive.writestr('archive/data.pkl', pickle_bytes)
+    for key, array in storages.items():
+      archive.writestr(f'archive/data/{key}',
+                       np.asarray(array, '<f4').tobytes())
+
+
+def _tiny_port(tmp_path, features=4):
+  """A depth-3 port-layout .pth: two storages, one transposed view, a bias."""
+  rng = np.random.default_rng(0)
+  first = rng.normal(size=(features, 1, 3, 3)).astype(np.float32)
+  middle = rng.normal(size=(features, features, 3, 3)).astype(np.float32)
+  bias = rng.normal(size=(features,)).astype(np.float32)
+  last = rng.normal(size=(1, features, 3, 3)).astype(np.float32)
+  # Storage '0' holds first, then bias (at an offset); storage '1' holds the
+  # middle kernel transposed in memory (a non-contiguous view, as after
+  # .t()), then the last kernel.
+  store0 = np.concatenate([first.ravel(), bias])
+  middle_t = np.ascontiguousarray(middle.transpose(1, 0, 2, 3))
+  store1 = np.concatenate([middle_t.ravel(), last.ravel()])
+  f = features
+  entries = [
+      ('input.weight', _tensor('0', store0.size, 0, first.shape,
+                               (9, 9, 3, 1))),
+      ('residual_layer.0.conv.weight',
+       _tensor('1', store1.size, 0, middle.shape, (9, f * 9, 3, 1))),
+      ('residual_layer.0.conv.bias',
+       _tensor('0', store0.size, first.size, bias.shape, (1,))),
+      ('output.weight', _tensor('1', store1.size, middle.size, last.shape,
+                                (f * 9, 9, 3, 1))),
+  ]
+  path = tmp_path / 'tiny.pth'
+  _write_zip(path, _state_dict_pickle(entries), {'0': store0, '1': store1})
+  return path, (first, middle, bias, last)
+
+
+def test_zip_state_dict_maps_to_vdsr_params(tmp_path):
+  path, (first, middle, bias, last) = _tiny_port(tmp_path)
+  params = weights.load_params(path)
+  assert list(params) == ['conv0', 'conv1', 'conv2']
+  np.testing.assert_array_equal(params['conv0']['kernel'],
+                                first.transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(params['conv1']['kernel'],
+                                middle.transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(params['conv2']['kernel'],
+                                last.transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(params['conv1']['bias'], bias)
+  np.testing.assert_array_equal(params['conv0']['bias'], 0.0)  # no bias
+  np.testing.assert_array_equal(params['conv2']['bias'], 0.0)
+
+
+def test_a_pickle_that_would_run_code_is_only_read(tmp_path):
+  """os.system in the pickle stays a record: nothing runs, one clear error."""
+  marker = tmp_path / 'ran'
+  evil = (b'\x80\x02' + _global('os', 'system') + b'(' +
+          _str(f'touch {marker}') + b'tR.')
+  path = tmp_path / 'evil.pth'
+  _write_zip(path, evil, {})
+  with pytest.raises(weights.WeightsError, match='expected a state_dict'):
+    weights.load_params(path)
+  assert not marker.exists()
+
+
+@pytest.mark.parametrize('content,match', [
+    (b'not a pickle at all', 'not a torch.save file'),
+    (b'\x80\x02J\x01\x00\x00\x00.' * 3, 'wrong magic number'),
+])
+def test_bad_files_give_one_clear_error(tmp_path, content, match):
+  path = tmp_path / 'bad.pth'
+  path.write_bytes(content)
+  with pytest.raises(weights.WeightsError, match=match):
+    weights.load_params(path)
+
+
+def test_wrong_names_and_unfit_tensors(tmp_path):
+  entries = [('conv1.weight', _tensor('0', 9, 0, (1, 1, 3, 3), (9, 9, 3, 1)))]
+  path = tmp_path / 'names.pth'
+  _write_zip(path, _state_dict_pickle(entries), {'0': np.zeros(9)})
+  with pytest.raises(weights.WeightsError, match="PyTorch port's names"):
+    weights.load_params(path)
+  entries = [('input.weight', _tensor('0', 9, 0, (4, 1, 3, 3), (9, 9, 3, 1)))]
+  path = tmp_path / 'short.pth'
+  _write_zip(path, _state_dict_pickle(entries), {'0': np.zeros(9)})
+  with pytest.raises(weights.WeightsError, match='does not fit its storage'):
+    weights.load_params(path)
+
+
+def test_missing_file(tmp_path):
+  with pytest.raises(weights.WeightsError, match='No such weights file'):
+    weights.load_params(tmp_path / 'nope.pth')
+
+
+# The public PyTorch port's released model, from ../shared/reference.
+def test_the_ports_released_model(reference_dir):
+  params = weights.load_params(reference_dir / 'model_epoch_50.pth')
+  assert len(params) == 20
+  for layer in params.values():
+    np.testing.assert_array_equal(layer['bias'], 0.0)  # bias=False
+  # Statistics of the tensors as pytorch_vdsr.txt lists them (read there
+  # from the raw storages at known offsets).
+  for layer, std, peak in (('conv0', 0.1690, 2.202), ('conv1', 0.0211, 1.283),
+                           ('conv2', 0.0235, 0.884), ('conv19', 0.1515, 0.528)):
+    kernel = params[layer]['kernel']
+    assert abs(kernel.std() - std) < 5e-5, layer
+    assert abs(np.abs(kernel).max() - peak) < 5e-4, layer
+  assert params['conv0']['kernel'].shape == (3, 3, 1, 64)
+
+
+def test_the_ports_model_loads_without_importing_anything(reference_dir):
+  """Loading it in a fresh interpreter imports no torch and no `vdsr`."""
+  code = ('import sys; from vdsr_jax import weights; '
+          f'weights.load_params({str(reference_dir / "model_epoch_50.pth")!r}); '
+          "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+          "('torch', 'vdsr')))")
+  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+  result = subprocess.run([sys.executable, '-c', code], env=env, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          check=False)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == '[]'
+
+
+def test_truncated_legacy_file(reference_dir, tmp_path):
+  data = (reference_dir / 'model_epoch_50.pth').read_bytes()
+  path = tmp_path / 'cut.pth'
+  path.write_bytes(data[:len(data) - 1000])
+  with pytest.raises(weights.WeightsError, match='truncated'):
+    weights.load_params(path)
+
+
+def test_read_pickle_keeps_shared_references():
+  """A memoised list appended to later is the same object (BINGET)."""
+  # [[], <memo 0>] where the inner list gets one item after both refs exist.
+  data = b'\x80\x02](]q\x00h\x00e' + b'h\x00' + _int(7) + b'a0.'
+  obj = torch_weights.read_pickle(io.BytesIO(data))
+  assert obj == [[7], [7]] and obj[0] is obj[1]
