@@ -316,6 +316,34 @@ def test_invalid_pipeline_arguments(images, prepared):
     ip.prepare_images([np.zeros((20, 20), np.float32)])
 
 
+def test_a_variant_too_small_for_a_patch_is_never_drawn():
+  """Downscaled below the patch: no weight (no error), as in dense cutting."""
+  rng = np.random.default_rng(0)
+  big = rng.integers(0, 256, (60, 64), np.uint8)
+  tiny = rng.integers(0, 256, (36, 40), np.uint8)  # 0.5x: 18x20 < 17 at x4
+  config = _config(patch_size=17, downscale_factors=(1.0, 0.5), batch_size=6)
+  prepared = ip.prepare_images([big, tiny], config.downscale_factors)
+  assert ip.usable_planes(prepared, config).tolist() == [True, True, True,
+                                                         False]
+  drawn = {spec.plane for step in range(200)
+           for spec in ip.draw_specs(prepared, config, step)}
+  assert drawn == {0, 1, 2}
+  # All planes usable: the same draws as before this rule (area weights).
+  full = _config(patch_size=17, downscale_factors=(1.0,), batch_size=6)
+  one = ip.prepare_images([big, tiny], (1.0,))
+  areas = np.array([60 * 64, 36 * 40], float)
+  for step in range(20):
+    for j, spec in enumerate(ip.draw_specs(one, full, step)):
+      u = np.random.default_rng([full.seed, step, j]).random(4)
+      expected = int(np.searchsorted(np.cumsum(areas), u[0] * areas.sum(),
+                                     side='right'))
+      assert spec.plane == expected
+  # An image with no variant that holds a patch is still an error.
+  with pytest.raises(ValueError, match='Training image 1 .*smaller than'):
+    ip.make_batch(prepared, _config(patch_size=41,
+                                    downscale_factors=(1.0, 0.5)), 0)
+
+
 def test_luminance_u8_is_exact(images):
   for img in images:
     y8 = ip.luminance_u8(img)

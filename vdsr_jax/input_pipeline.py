@@ -44,6 +44,7 @@ import signal
 import threading
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -375,28 +376,43 @@ def patches_from_specs(prepared: Sequence[np.ndarray],
 # ----------------------------------------------------------------------------
 
 
+def usable_planes(prepared: Sequence[np.ndarray],
+                  config: PipelineConfig) -> np.ndarray:
+  """Bool per plane: does it hold a patch at every scale (after modcrop)?"""
+  sizes = np.array([np.shape(plane)[:2] for plane in prepared]).reshape(-1, 2)
+  usable = np.ones(len(sizes), bool)
+  for s in config.scales:
+    usable &= (sizes // s * s).min(axis=1) >= config.patch_size
+  return usable
+
+
 def check_prepared(prepared: Sequence[np.ndarray],
                    config: PipelineConfig) -> None:
-  """Raises ValueError unless every plane holds a patch at every scale."""
+  """Raises ValueError unless every image gives patches at every scale.
+
+  A downscaled variant too small for a patch is only left out of the
+  sampling (`draw_specs` gives it no weight), as the dense patch extraction
+  of the original scripts gets no patch from it; an image none of whose
+  variants holds a patch is an error.
+  """
   if len(prepared) == 0:
     raise ValueError('The list of training images is empty.')
   for i, plane in enumerate(prepared):
     if np.ndim(plane) != 2:
       raise ValueError(f'Prepared plane {i} must be 2-D, got shape '
                        f'{np.shape(plane)}; use prepare_images.')
-  sizes = np.array([np.shape(plane) for plane in prepared])
   p = config.patch_size
   factors = config.downscale_factors
-  for s in config.scales:
-    cropped = sizes // s * s
-    small = np.flatnonzero(cropped.min(axis=1) < p)
-    if small.size:
-      i = int(small[0])
-      raise ValueError(
-          f'Training image {i // len(factors)} (downscale factor '
-          f'{factors[i % len(factors)]}; prepared plane {i}) is '
-          f'{sizes[i, 0]}x{sizes[i, 1]}, {cropped[i, 0]}x{cropped[i, 1]} '
-          f'after modcrop({s}): smaller than the {p}x{p} patch.')
+  usable = usable_planes(prepared, config).reshape(-1, len(factors))
+  small = np.flatnonzero(~usable.any(axis=1))
+  if small.size:
+    i = int(small[0]) * len(factors) + int(np.argmax(factors))
+    h, w = np.shape(prepared[i])
+    s = max(config.scales)
+    raise ValueError(
+        f'Training image {int(small[0])} (downscale factor {max(factors)}; '
+        f'prepared plane {i}) is {h}x{w}, {h // s * s}x{w // s * s} after '
+        f'modcrop({s}): smaller than the {p}x{p} patch.')
 
 
 def _check_process(config: PipelineConfig, process_index: int,
@@ -418,7 +434,7 @@ def draw_specs(prepared: Sequence[np.ndarray], config: PipelineConfig,
   _check_process(config, process_index, process_count)
   areas = np.array([plane.shape[0] * plane.shape[1] for plane in prepared],
                    np.float64)
-  cumulative = np.cumsum(areas)
+  cumulative = np.cumsum(areas * usable_planes(prepared, config))
   local = config.batch_size // process_count
   first = process_index * local
   p = config.patch_size
@@ -521,6 +537,11 @@ class PatchPipeline:
     self.process_count = process_count
     self.prepared = prepare_images(images, config.downscale_factors)
     check_prepared(self.prepared, config)
+    left_out = int((~usable_planes(self.prepared, config)).sum())
+    if left_out:
+      logging.info('%d of %d downscaled variants are too small for a %dx%d '
+                   'patch at every scale and are left out.', left_out,
+                   len(self.prepared), config.patch_size, config.patch_size)
     self._next_step = int(start_step)
     self._closed = False
     self._stop = threading.Event()
