@@ -122,6 +122,10 @@ def test_a_pickle_that_would_run_code_is_only_read(tmp_path):
 @pytest.mark.parametrize('content,match', [
     (b'not a pickle at all', 'not a torch.save file'),
     (b'\x80\x02J\x01\x00\x00\x00.' * 3, 'wrong magic number'),
+    # A valid header, then an object pickle with a bad opcode.
+    (b'\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.'
+     b'\x80\x02M\xe9\x03.\x80\x02}X\r\x00\x00\x00little_endian\x88s.'
+     b'\x80\x02\xff', 'unreadable .pth'),
 ])
 def test_bad_files_give_one_clear_error(tmp_path, content, match):
   path = tmp_path / 'bad.pth'

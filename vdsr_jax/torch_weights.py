@@ -354,10 +354,11 @@ def read_tensors(path) -> Dict[str, Optional[np.ndarray]]:
       tensors, storages = _read_legacy(path.read_bytes())
   except FileNotFoundError:
     raise TorchWeightsError(f'No such weights file: {path}') from None
-  except (zipfile.BadZipFile, KeyError, IndexError, TypeError) as e:
-    raise TorchWeightsError(f'{path}: unreadable .pth ({e!r}).') from None
   except TorchWeightsError as e:
     raise TorchWeightsError(f'{path}: {e}') from None
+  except (zipfile.BadZipFile, ValueError, EOFError, KeyError, IndexError,
+          TypeError, AttributeError, struct.error) as e:
+    raise TorchWeightsError(f'{path}: unreadable .pth ({e!r}).') from None
   out = {}
   for name, ref in tensors.items():
     if ref is None:
