@@ -38,6 +38,7 @@ except ImportError:  # Run from a checkout without installing.
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from vdsr_jax import models
 from vdsr_jax import optimizers
 from vdsr_jax import train
 from vdsr_jax import weights
@@ -108,6 +109,10 @@ flags.DEFINE_float('output_init_scale', _D.output_init_scale,
                    'The last layer\'s initial kernel is He\'s times this (1: '
                    'the paper; 0: zeros, so training starts from the bicubic '
                    'output instead of a large random residual).')
+flags.DEFINE_enum('init_fan', _D.init_fan, list(models.INIT_FANS),
+                  'He initialisation N(0, 2 / fan) over fan_in (3*3*in '
+                  'channels, the paper) or fan_out (3*3*out channels, the '
+                  'PyTorch port); they differ in the first and last layers.')
 flags.DEFINE_enum('compute_dtype', _D.compute_dtype, train.COMPUTE_DTYPES,
                   'Dtype of the network\'s arithmetic. bfloat16: mixed '
                   'precision for GPUs/TPUs (float32 parameters, optimiser, '

@@ -138,6 +138,24 @@ def test_dead_channels_counts_channels_that_never_pass_the_relu():
     models.dead_channels(model, params, [])
 
 
+def test_fan_out_init_changes_only_the_first_and_last_layers():
+  key = jax.random.PRNGKey(1)
+  fan_in = models.init_params(key, models.VDSR(), 9)
+  fan_out = models.init_params(key, models.VDSR(init_fan='fan_out'), 9)
+  for i in range(1, 19):  # 64 -> 64: fan_in == fan_out
+    np.testing.assert_array_equal(fan_out[f'conv{i}']['kernel'],
+                                  fan_in[f'conv{i}']['kernel'])
+  # N(0, 2 / (9 * out_channels)): first layer 64 outputs, last layer 1.
+  first = np.asarray(fan_out['conv0']['kernel'])
+  last = np.asarray(fan_out['conv19']['kernel'])
+  np.testing.assert_allclose(first.std(), np.sqrt(2 / (9 * 64)), rtol=0.1)
+  np.testing.assert_allclose(last.std(), np.sqrt(2 / 9), rtol=0.1)
+  np.testing.assert_allclose(np.asarray(fan_in['conv0']['kernel']).std(),
+                             np.sqrt(2 / 9), rtol=0.1)
+  with pytest.raises(ValueError, match='init_fan'):
+    models.init_params(key, models.VDSR(init_fan='fan_avg'), 9)
+
+
 def test_output_init_scale_scales_only_the_last_kernel():
   key = jax.random.PRNGKey(9)
   x = jax.random.uniform(jax.random.PRNGKey(10), (1, 9, 9, 1))

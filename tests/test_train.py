@@ -350,6 +350,7 @@ def test_architecture_mismatch_on_resume(tmp_path):
     (dict(compute_dtype='float16'), '--compute_dtype'),
     (dict(decay_biases=True, train_biases=False), '--notrain_biases'),
     (dict(loss='l1'), '--loss'),
+    (dict(init_fan='fan_avg'), '--init_fan'),
 ])
 def test_config_rejects_impossible_values(overrides, match):
   with pytest.raises(train.ConfigError, match=match):
@@ -435,11 +436,13 @@ def test_flagfiles_parse_to_the_expected_configs():
       cli.FLAGS.unparse_flags()
       cli.FLAGS(['x', '--flagfile=experiments/configs/vdsr_pytorch_port.flags',
                  '--workdir=w'])
-      # The PyTorch port's recipe: bias-free, summed loss, fixed clip 0.4.
+      # The PyTorch port's recipe: bias-free, fan-out initialisation, summed
+      # loss, fixed clip 0.4.
       port = cli.config_from_flags()
       assert port == train.TrainConfig(
           batch_size=128, augment=False, downscale_factors=(1.0, 0.7, 0.5),
-          train_biases=False, loss='sum', clip_adjustable=False,
+          train_biases=False, init_fan='fan_out', loss='sum',
+          clip_adjustable=False,
           total_steps=36200, decay_every=7240, log_every=100,
           checkpoint_every=2000, eval_every=7240), port
       assert port.boundaries == (7240, 14480, 21720, 28960)

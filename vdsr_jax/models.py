@@ -10,16 +10,17 @@ from vdsr_jax import conv
 
 # He et al. (2015) initialisation, as in the paper: N(0, 2 / fan_in).
 he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+# He's initialiser over fan_in (3 * 3 * in_channels, the paper's) or fan_out
+# (3 * 3 * out_channels, the PyTorch port's): they differ only in the first
+# layer (1 -> 64: std 0.47 or 0.059) and the last (64 -> 1: 0.059 or 0.47).
+INIT_FANS = ('fan_in', 'fan_out')
 
 
-def _scaled_he(scale: float):
-  """He's initialiser with its standard deviation times `scale`."""
-  if scale == 1.0:
-    return he_normal
+def _scaled_he(scale: float, fan: str = 'fan_in'):
+  """He's initialiser over `fan` with its standard deviation times `scale`."""
   if scale == 0.0:
     return nn.initializers.zeros
-  return nn.initializers.variance_scaling(2.0 * scale * scale, 'fan_in',
-                                          'normal')
+  return nn.initializers.variance_scaling(2.0 * scale * scale, fan, 'normal')
 
 
 class VDSR(nn.Module):
@@ -39,12 +40,15 @@ class VDSR(nn.Module):
     output_init_scale: the last layer's initial kernel is He's times this;
       0 starts it at zero, so the untrained network outputs its input
       (bicubic) instead of a large random residual. Initialisation only.
+    init_fan: 'fan_in' (the paper's He initialisation) or 'fan_out' (the
+      PyTorch port's); see INIT_FANS. Initialisation only.
   """
   depth: int = 20
   features: int = 64
   residual: bool = True
   dtype: Any = jnp.float32
   output_init_scale: float = 1.0
+  init_fan: str = 'fan_in'
 
   @nn.compact
   def __call__(self, x: jax.Array,
@@ -64,6 +68,9 @@ class VDSR(nn.Module):
     """
     if self.depth < 2:
       raise ValueError(f'VDSR depth must be >= 2, got {self.depth}.')
+    if self.init_fan not in INIT_FANS:
+      raise ValueError(f'VDSR init_fan must be one of {INIT_FANS}, got '
+                       f'{self.init_fan!r}.')
     if x.ndim != 4 or x.shape[-1] != 1:
       raise ValueError('VDSR expects luminance batches of shape (N, H, W, 1); '
                        f'got {x.shape}.')
@@ -76,8 +83,8 @@ class VDSR(nn.Module):
       # a ReLU, by the fastest convolution for the backend (see conv.py).
       h = conv.Conv3x3(
           features=1 if last else self.features,
-          kernel_init=(_scaled_he(self.output_init_scale) if last
-                       else he_normal),
+          kernel_init=_scaled_he(self.output_init_scale if last else 1.0,
+                                 self.init_fan),
           bias_init=nn.initializers.zeros,
           dtype=self.dtype,
           relu=not last,

@@ -130,6 +130,7 @@ class TrainConfig:
   residual: bool = True
   compute_dtype: str = 'float32'
   output_init_scale: float = 1.0
+  init_fan: str = 'fan_in'
   # Objective and optimiser.
   loss: str = 'mse'
   optimizer: str = 'sgd'
@@ -219,6 +220,9 @@ def _problems(c: TrainConfig):
   if c.compute_dtype not in COMPUTE_DTYPES:
     yield (f'--compute_dtype must be one of {", ".join(COMPUTE_DTYPES)}, '
            f'got {c.compute_dtype!r}.')
+  if c.init_fan not in models.INIT_FANS:
+    yield (f'--init_fan must be one of {", ".join(models.INIT_FANS)}, '
+           f'got {c.init_fan!r}.')
   if c.loss not in LOSSES:
     yield f'--loss must be one of {", ".join(LOSSES)}, got {c.loss!r}.'
   if c.optimizer not in optimizers.OPTIMIZERS:
@@ -296,7 +300,8 @@ def create_model(config: TrainConfig) -> models.VDSR:
   return models.VDSR(depth=config.depth, features=config.features,
                      residual=config.residual,
                      dtype=jnp.dtype(config.compute_dtype),
-                     output_init_scale=config.output_init_scale)
+                     output_init_scale=config.output_init_scale,
+                     init_fan=config.init_fan)
 
 
 def create_optimizer(config: TrainConfig
