@@ -40,9 +40,9 @@ def _ordered_dict():
   return _global('collections', 'OrderedDict') + b')R'
 
 
-def _tensor(key, numel, offset, shape, stride):
+def _tensor(key, numel, offset, shape, stride, storage_type='FloatStorage'):
   """torch._utils._rebuild_tensor_v2(storage, offset, shape, stride, ...)."""
-  storage = (b'(' + _str('storage') + _global('torch', 'FloatStorage')
+  storage = (b'(' + _str('storage') + _global('torch', storage_type)
              + _str(key) + _str('cpu') + _int(numel) + b'tQ')
   return (_global('torch._utils', '_rebuild_tensor_v2') + b'(' + storage
           + _int(offset) + _tuple_of_ints(shape) + _tuple_of_ints(stride)
@@ -144,6 +144,13 @@ def test_wrong_names_and_unfit_tensors(tmp_path):
   path = tmp_path / 'short.pth'
   _write_zip(path, _state_dict_pickle(entries), {'0': np.zeros(9)})
   with pytest.raises(weights.WeightsError, match='does not fit its storage'):
+    weights.load_params(path)
+  entries = [('input.weight', _tensor('0', 9, 0, (1, 1, 3, 3), (9, 9, 3, 1),
+                                      'LongStorage'))]
+  path = tmp_path / 'long.pth'
+  _write_zip(path, _state_dict_pickle(entries), {'0': np.zeros(9)})
+  with pytest.raises(weights.WeightsError,
+                     match='unsupported tensor storage LongStorage'):
     weights.load_params(path)
 
 

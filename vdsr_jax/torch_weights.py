@@ -34,7 +34,7 @@ import numpy as np
 LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 LEGACY_PROTOCOL = 1001
 STORAGE_DTYPES = {'FloatStorage': np.float32, 'DoubleStorage': np.float64,
-                  'HalfStorage': np.float16, 'BFloat16Storage': None}
+                  'HalfStorage': np.float16}
 
 
 class TorchWeightsError(ValueError):
@@ -219,7 +219,7 @@ def _tensor_ref(call: Call) -> TensorRef:
   dtype = STORAGE_DTYPES.get(pid[1].name)
   if dtype is None:
     raise TorchWeightsError(f'unsupported tensor storage {pid[1].name}; '
-                            f'expected one of {sorted(k for k, v in STORAGE_DTYPES.items() if v)}.')
+                            f'expected one of {sorted(STORAGE_DTYPES)}.')
   return TensorRef(str(pid[2]), dtype, int(offset), tuple(shape),
                    tuple(stride))
 
@@ -345,7 +345,7 @@ def _materialise(ref: TensorRef, storage: np.ndarray) -> np.ndarray:
 
 
 def read_tensors(path) -> Dict[str, Optional[np.ndarray]]:
-  """All named tensors of a .pth as float32 numpy arrays (None: declared None)."""
+  """The named tensors of a .pth as float32 arrays (None: declared None)."""
   path = pathlib.Path(path)
   try:
     if zipfile.is_zipfile(path):
