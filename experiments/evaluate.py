@@ -28,8 +28,9 @@ from vdsr_jax import weights as weights_lib
 _METHOD = flags.DEFINE_enum('method', 'vdsr', list(evaluation.METHODS),
                             'What to score: bicubic upscaling or the network.')
 _WEIGHTS = flags.DEFINE_string(
-    'weights', None, 'VDSR weights: .mat (authors), .npz (vdsr_jax export), .pth '
-    '(PyTorch port, read without unpickling) or an orbax checkpoint/workdir. Default: the weights shipped in the package.')
+    'weights', None, 'VDSR weights: .mat (authors), .npz (vdsr_jax export), '
+    '.pth (PyTorch port, read without unpickling) or an orbax '
+    'checkpoint/workdir. Default: the weights shipped in the package.')
 _DATASETS = flags.DEFINE_list('datasets', list(evaluation.BENCHMARKS),
                               'Benchmarks to score.')
 _SCALES = flags.DEFINE_list('scales', ['2', '3', '4'], 'Integer scale factors.')

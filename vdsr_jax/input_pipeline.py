@@ -387,8 +387,10 @@ def usable_planes(prepared: Sequence[np.ndarray],
 
 
 def check_prepared(prepared: Sequence[np.ndarray],
-                   config: PipelineConfig) -> None:
+                   config: PipelineConfig) -> np.ndarray:
   """Raises ValueError unless every image gives patches at every scale.
+
+  Returns `usable_planes(prepared, config)`.
 
   A downscaled variant too small for a patch is only left out of the
   sampling (`draw_specs` gives it no weight), as the dense patch extraction
@@ -403,8 +405,8 @@ def check_prepared(prepared: Sequence[np.ndarray],
                        f'{np.shape(plane)}; use prepare_images.')
   p = config.patch_size
   factors = config.downscale_factors
-  usable = usable_planes(prepared, config).reshape(-1, len(factors))
-  small = np.flatnonzero(~usable.any(axis=1))
+  usable = usable_planes(prepared, config)
+  small = np.flatnonzero(~usable.reshape(-1, len(factors)).any(axis=1))
   if small.size:
     i = int(small[0]) * len(factors) + int(np.argmax(factors))
     h, w = np.shape(prepared[i])
@@ -413,6 +415,7 @@ def check_prepared(prepared: Sequence[np.ndarray],
         f'Training image {int(small[0])} (downscale factor {max(factors)}; '
         f'prepared plane {i}) is {h}x{w}, {h // s * s}x{w // s * s} after '
         f'modcrop({s}): smaller than the {p}x{p} patch.')
+  return usable
 
 
 def _check_process(config: PipelineConfig, process_index: int,
@@ -536,8 +539,7 @@ class PatchPipeline:
     self.process_index = process_index
     self.process_count = process_count
     self.prepared = prepare_images(images, config.downscale_factors)
-    check_prepared(self.prepared, config)
-    left_out = int((~usable_planes(self.prepared, config)).sum())
+    left_out = int((~check_prepared(self.prepared, config)).sum())
     if left_out:
       logging.info('%d of %d downscaled variants are too small for a %dx%d '
                    'patch at every scale and are left out.', left_out,

@@ -8,9 +8,8 @@ import jax.numpy as jnp
 
 from vdsr_jax import conv
 
-# He et al. (2015) initialisation, as in the paper: N(0, 2 / fan_in).
-he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
-# He's initialiser over fan_in (3 * 3 * in_channels, the paper's) or fan_out
+# He et al. (2015) initialisation, N(0, 2 / fan), over fan_in
+# (3 * 3 * in_channels, the paper's) or fan_out
 # (3 * 3 * out_channels, the PyTorch port's): they differ only in the first
 # layer (1 -> 64: std 0.47 or 0.059) and the last (64 -> 1: 0.059 or 0.47).
 INIT_FANS = ('fan_in', 'fan_out')

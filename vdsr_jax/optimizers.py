@@ -133,18 +133,19 @@ def adjustable_clip(theta: float, schedule: Schedule,
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _is_bias(path, _) -> bool:
+  return getattr(path[-1], 'key', None) == 'bias'
+
+
 def decay_mask(params: Any, decay_biases: bool = False) -> Any:
   """True for the leaves to decay: kernels, and biases if asked."""
-  def decayed(path, _):
-    name = getattr(path[-1], 'key', None)
-    return name != 'bias' or decay_biases
-  return jax.tree_util.tree_map_with_path(decayed, params)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: decay_biases or not _is_bias(path, leaf), params)
 
 
 def bias_mask(params: Any) -> Any:
   """True for the biases."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: getattr(path[-1], 'key', None) == 'bias', params)
+  return jax.tree_util.tree_map_with_path(_is_bias, params)
 
 
 def create(*, learning_rate: float, total_steps: int, decay_every: int = 0,

@@ -77,7 +77,6 @@ class TensorRef:
   stride: Tuple[int, ...]
 
 
-_MARK = object()
 _CONSTANTS = {'NONE': None, 'NEWTRUE': True, 'NEWFALSE': False,
               'EMPTY_TUPLE': ()}
 _VALUE_OPS = {'INT', 'BININT', 'BININT1', 'BININT2', 'LONG', 'LONG1', 'LONG4',
@@ -171,10 +170,7 @@ def read_pickle(stream: io.BytesIO) -> Any:
     elif name == 'STACK_GLOBAL':
       attr = stack.pop()
       stack.append(Global(stack.pop(), attr))
-    elif name == 'REDUCE':
-      args = stack.pop()
-      stack.append(Call(stack.pop(), tuple(args)))
-    elif name == 'NEWOBJ':
+    elif name in ('REDUCE', 'NEWOBJ'):  # func(*args) / cls.__new__(cls, *args)
       args = stack.pop()
       stack.append(Call(stack.pop(), tuple(args)))
     elif name == 'BUILD':
@@ -382,7 +378,6 @@ def load_vdsr(path) -> Dict[str, Dict[str, np.ndarray]]:
   tensors = read_tensors(path)
   tensors = {k[len('module.'):] if k.startswith('module.') else k: v
              for k, v in tensors.items()}  # nn.DataParallel's prefix
-  layers: Dict[int, Dict[str, Optional[np.ndarray]]] = {}
   middle = sorted({int(m.group(1)) for m in map(_MIDDLE.match, tensors) if m})
   if 'input.weight' not in tensors or 'output.weight' not in tensors:
     raise TorchWeightsError(
