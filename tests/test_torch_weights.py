@@ -3,6 +3,7 @@
 import io
 import os
 import pathlib
+import pickle
 import struct
 import subprocess
 import sys
@@ -40,10 +41,21 @@ def _ordered_dict():
   return _global('collections', 'OrderedDict') + b')R'
 
 
-def _tensor(key, numel, offset, shape, stride, storage_type='FloatStorage'):
-  """torch._utils._rebuild_tensor_v2(storage, offset, shape, stride, ...)."""
+def _tensor(key, numel, offset, shape, stride, storage_type='FloatStorage',
+            legacy_view=False):
+  """torch._utils._rebuild_tensor_v2(storage, offset, shape, stride, ...).
+
+  `legacy_view`: False for a zip file's 5-field storage id; None or
+  (view_key, start, size) for a legacy file's 6th field.
+  """
+  view = b''
+  if legacy_view is None:
+    view = b'N'
+  elif legacy_view:
+    view_key, start, size = legacy_view
+    view = b'(' + _str(view_key) + _int(start) + _int(size) + b't'
   storage = (b'(' + _str('storage') + _global('torch', storage_type)
-             + _str(key) + _str('cpu') + _int(numel) + b'tQ')
+             + _str(key) + _str('cpu') + _int(numel) + view + b'tQ')
   return (_global('torch._utils', '_rebuild_tensor_v2') + b'(' + storage
           + _int(offset) + _tuple_of_ints(shape) + _tuple_of_ints(stride)
           + b'\x89' + _ordered_dict() + b'tR')
@@ -55,12 +67,32 @@ def _state_dict_pickle(entries):
   return b'\x80\x02' + _ordered_dict() + b'(' + body + b'u.'
 
 
+def _raw(array):
+  """A storage's bytes: float32 unless the array has another dtype."""
+  array = np.asarray(array)
+  if array.dtype == np.float64:
+    array = array.astype('<f4')
+  return array.tobytes()
+
+
 def _write_zip(path, pickle_bytes, storages):
   with zipfile.ZipFile(path, 'w') as archive:
     archive.writestr('archive/data.pkl', pickle_bytes)
     for key, array in storages.items():
-      archive.writestr(f'archive/data/{key}',
-                       np.asarray(array, '<f4').tobytes())
+      archive.writestr(f'archive/data/{key}', _raw(array))
+
+
+def _write_legacy(path, pickle_bytes, storages):
+  """torch's legacy container: magic, protocol, sys_info, the object, the
+  storage keys, then each storage as int64 element count + raw bytes."""
+  header = (pickle.dumps(torch_weights.LEGACY_MAGIC, 2)
+            + pickle.dumps(torch_weights.LEGACY_PROTOCOL, 2)
+            + pickle.dumps({'protocol_version': 1001, 'little_endian': True,
+                            'type_sizes': {'int': 4, 'long': 4}}, 2))
+  body = pickle_bytes + pickle.dumps(list(storages), 2)
+  for array in storages.values():
+    body += struct.pack('<q', np.asarray(array).size) + _raw(array)
+  path.write_bytes(header + body)
 
 
 def _tiny_port(tmp_path, features=4):
@@ -146,11 +178,85 @@ def test_wrong_names_and_unfit_tensors(tmp_path):
   with pytest.raises(weights.WeightsError, match='does not fit its storage'):
     weights.load_params(path)
   entries = [('input.weight', _tensor('0', 9, 0, (1, 1, 3, 3), (9, 9, 3, 1),
-                                      'LongStorage'))]
+                                      'LongStorage')),
+             ('output.weight', _tensor('1', 9, 0, (1, 1, 3, 3), (9, 9, 3, 1)))]
   path = tmp_path / 'long.pth'
-  _write_zip(path, _state_dict_pickle(entries), {'0': np.zeros(9)})
+  _write_zip(path, _state_dict_pickle(entries),
+             {'0': np.zeros(9, np.int64), '1': np.zeros(9)})
   with pytest.raises(weights.WeightsError,
-                     match='unsupported tensor storage LongStorage'):
+                     match='input.weight is int64, not a floating-point'):
+    weights.load_params(path)
+  entries = [('input.weight', _tensor('0', 9, 0, (1, 1, 3, 3), (9, 9, 3, 1),
+                                      'ComplexFloatStorage'))]
+  path = tmp_path / 'complex.pth'
+  _write_zip(path, _state_dict_pickle(entries), {'0': np.zeros(18)})
+  with pytest.raises(weights.WeightsError,
+                     match='unsupported tensor storage ComplexFloatStorage'):
+    weights.load_params(path)
+
+
+def _legacy_port(path, features=2):
+  """A depth-3 port-layout legacy .pth whose first storage is an int64
+  buffer (8 bytes per element) and whose middle kernel is a storage view."""
+  rng = np.random.default_rng(1)
+  first = rng.normal(size=(features, 1, 3, 3)).astype(np.float32)
+  middle = rng.normal(size=(features, features, 3, 3)).astype(np.float32)
+  last = rng.normal(size=(1, features, 3, 3)).astype(np.float32)
+  steps = np.array([7, -3, 2 ** 40], np.int64)
+  # Storage 'b' is padding + middle + padding; the middle kernel refers to
+  # the view 'v' = b[5 : 5 + middle.size], at offset 0 of the view.
+  store_b = np.concatenate([np.full(5, 9.0, np.float32), middle.ravel(),
+                            np.full(3, 9.0, np.float32)])
+  f = features
+  entries = [
+      ('steps', _tensor('n', 3, 0, (3,), (1,), 'LongStorage', None)),
+      ('input.weight', _tensor('a', first.size, 0, first.shape,
+                               (9, 9, 3, 1), legacy_view=None)),
+      ('residual_layer.0.conv.weight',
+       _tensor('b', store_b.size, 0, middle.shape, (f * 9, 9, 3, 1),
+               legacy_view=('v', 5, middle.size))),
+      ('output.weight', _tensor('c', last.size, 0, last.shape,
+                                (f * 9, 9, 3, 1), legacy_view=None)),
+  ]
+  _write_legacy(path, _state_dict_pickle(entries),
+                {'n': steps, 'a': first, 'b': store_b, 'c': last})
+  return steps, first, middle, last
+
+
+def test_legacy_file_sizes_every_storage_by_its_own_type(tmp_path):
+  """An int64 buffer before the weights, and a storage view, read exactly."""
+  path = tmp_path / 'legacy.pth'
+  steps, first, middle, last = _legacy_port(path)
+  tensors = torch_weights.read_tensors(path)
+  np.testing.assert_array_equal(tensors['steps'], steps)
+  assert tensors['steps'].dtype == np.int64
+  params = weights.load_params(path)
+  np.testing.assert_array_equal(params['conv0']['kernel'],
+                                first.transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(params['conv1']['kernel'],
+                                middle.transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(params['conv2']['kernel'],
+                                last.transpose(2, 3, 1, 0))
+
+
+def test_legacy_storage_nothing_refers_to_is_an_error(tmp_path):
+  entries = [('input.weight', _tensor('a', 9, 0, (1, 1, 3, 3), (9, 9, 3, 1),
+                                      legacy_view=None))]
+  path = tmp_path / 'orphan.pth'
+  _write_legacy(path, _state_dict_pickle(entries),
+                {'z': np.zeros(4, np.int64), 'a': np.zeros(9)})
+  with pytest.raises(weights.WeightsError,
+                     match='storage z is never referred to'):
+    weights.load_params(path)
+
+
+def test_legacy_view_outside_its_storage_is_an_error(tmp_path):
+  entries = [('input.weight', _tensor('a', 9, 0, (1, 1, 3, 3), (9, 9, 3, 1),
+                                      legacy_view=('v', 4, 9)))]
+  path = tmp_path / 'view.pth'
+  _write_legacy(path, _state_dict_pickle(entries), {'a': np.zeros(9)})
+  with pytest.raises(weights.WeightsError,
+                     match=r'storage view \[4, 13\) does not fit'):
     weights.load_params(path)
 
 

@@ -11,9 +11,12 @@ functions, and read from the raw storage bytes with numpy.
 Containers: torch's legacy format (before 1.6: magic number, protocol,
 sys_info, the object, the storage keys, then the raw storages; e.g.
 twtygqyy/pytorch-vdsr's `model_epoch_50.pth`) and the zip format of torch
->= 1.6 (`<name>/data.pkl` and one `<name>/data/<key>` file per storage). The
-object may be a state_dict, a whole `nn.Module`, or a dict holding either
-under 'model' or 'state_dict'.
+>= 1.6 (`<name>/data.pkl` and one `<name>/data/<key>` file per storage). A
+legacy storage is sized by the element type of its own class, wherever the
+pickle names it (a parameter, an integer buffer, anything else), and a legacy
+storage view (a slice of another storage) is followed. The object may be a
+state_dict, a whole `nn.Module`, or a dict holding either under 'model' or
+'state_dict'.
 
 `load_vdsr` maps the tensor names of the PyTorch port (`input`,
 `residual_layer.<i>.conv`, `output`; OIHW kernels, biases optional) onto this
@@ -29,12 +32,25 @@ import struct
 import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
+import ml_dtypes
 import numpy as np
 
 LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 LEGACY_PROTOCOL = 1001
-STORAGE_DTYPES = {'FloatStorage': np.float32, 'DoubleStorage': np.float64,
-                  'HalfStorage': np.float16}
+# Element types of torch's storage classes (little-endian). Floating ones are
+# read as weights; the others (a module's integer buffers, say) are read as
+# they are, so that their storages are sized right and their names can be
+# reported, but are never accepted as a kernel or bias.
+STORAGE_DTYPES = {
+    'FloatStorage': np.dtype('<f4'), 'DoubleStorage': np.dtype('<f8'),
+    'HalfStorage': np.dtype('<f2'),
+    'BFloat16Storage': np.dtype(ml_dtypes.bfloat16),
+    'LongStorage': np.dtype('<i8'), 'IntStorage': np.dtype('<i4'),
+    'ShortStorage': np.dtype('<i2'), 'CharStorage': np.dtype('i1'),
+    'ByteStorage': np.dtype('u1'), 'BoolStorage': np.dtype('?'),
+}
+FLOAT_STORAGES = ('FloatStorage', 'DoubleStorage', 'HalfStorage',
+                  'BFloat16Storage')
 
 
 class TorchWeightsError(ValueError):
@@ -68,10 +84,19 @@ class PersistentId:
 
 
 @dataclasses.dataclass(frozen=True)
+class StorageRef:
+  """A storage as a tensor names it: its key, class and, for a legacy view
+  of part of another storage, the view's element range in that storage."""
+  key: str
+  storage_type: str
+  view_start: int = 0
+  view_size: Optional[int] = None
+
+
+@dataclasses.dataclass(frozen=True)
 class TensorRef:
   """Where a tensor's elements are: a storage, an offset, shape and strides."""
-  key: str
-  dtype: Any
+  storage: StorageRef
   offset: int
   shape: Tuple[int, ...]
   stride: Tuple[int, ...]
@@ -86,11 +111,14 @@ _VALUE_OPS = {'INT', 'BININT', 'BININT1', 'BININT2', 'LONG', 'LONG1', 'LONG4',
 _IGNORED = {'PROTO', 'FRAME'}
 
 
-def read_pickle(stream: io.BytesIO) -> Any:
+def read_pickle(stream: io.BytesIO,
+                persistent_ids: Optional[List[Any]] = None) -> Any:
   """Interprets one pickle from `stream` symbolically (see module docstring).
 
   Leaves `stream` just after the pickle's STOP. Raises TorchWeightsError for
-  an opcode this reader does not model (none of torch.save's do).
+  an opcode this reader does not model (none of torch.save's do). Every
+  persistent id met is appended to `persistent_ids` when given (all the
+  storages the pickle refers to, parameters or not).
   """
   stack: List[Any] = []
   marks: List[int] = []
@@ -179,10 +207,11 @@ def read_pickle(stream: io.BytesIO) -> Any:
         raise TorchWeightsError(
             f'pickle sets state on a {type(stack[-1]).__name__}.')
       stack[-1].state = state
-    elif name == 'BINPERSID':
-      stack.append(PersistentId(stack.pop()))
-    elif name == 'PERSID':
-      stack.append(PersistentId(arg))
+    elif name in ('BINPERSID', 'PERSID'):
+      pid = PersistentId(stack.pop() if name == 'BINPERSID' else arg)
+      if persistent_ids is not None:
+        persistent_ids.append(pid.value)
+      stack.append(pid)
     elif name in ('PUT', 'BINPUT', 'LONG_BINPUT'):
       memo[arg] = stack[-1]
     elif name == 'MEMOIZE':
@@ -205,19 +234,34 @@ def _is(obj, module: str, *names: str) -> bool:
           and obj.func.module == module and obj.func.name in names)
 
 
+def _storage_ref(pid) -> StorageRef:
+  """A persistent id ('storage', <class>, key, location, size[, view])."""
+  if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == 'storage'
+          and isinstance(pid[1], Global)):
+    raise TorchWeightsError(f'unexpected tensor storage {pid!r}.')
+  view = pid[5] if len(pid) > 5 else None  # legacy: (view_key, start, size)
+  if view is None:
+    return StorageRef(str(pid[2]), pid[1].name)
+  if not (isinstance(view, tuple) and len(view) == 3):
+    raise TorchWeightsError(f'unexpected storage view {view!r}.')
+  return StorageRef(str(pid[2]), pid[1].name, int(view[1]), int(view[2]))
+
+
 def _tensor_ref(call: Call) -> TensorRef:
   """A torch._utils._rebuild_tensor(_v2)(storage, offset, size, stride) call."""
   storage, offset, shape, stride = call.args[:4]
-  pid = storage.value if isinstance(storage, PersistentId) else None
-  if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == 'storage'
-          and isinstance(pid[1], Global)):
+  if not isinstance(storage, PersistentId):
     raise TorchWeightsError(f'unexpected tensor storage {storage!r}.')
-  dtype = STORAGE_DTYPES.get(pid[1].name)
-  if dtype is None:
-    raise TorchWeightsError(f'unsupported tensor storage {pid[1].name}; '
-                            f'expected one of {sorted(STORAGE_DTYPES)}.')
-  return TensorRef(str(pid[2]), dtype, int(offset), tuple(shape),
+  return TensorRef(_storage_ref(storage.value), int(offset), tuple(shape),
                    tuple(stride))
+
+
+def _storage_dtype(storage_type: str) -> np.dtype:
+  dtype = STORAGE_DTYPES.get(storage_type)
+  if dtype is None:
+    raise TorchWeightsError(f'unsupported tensor storage {storage_type}; '
+                            f'expected one of {sorted(STORAGE_DTYPES)}.')
+  return dtype
 
 
 def _as_tensor(obj) -> Optional[TensorRef]:
@@ -274,7 +318,7 @@ def state_dict(obj, prefix: str = '') -> Dict[str, Optional[TensorRef]]:
 
 
 def _read_legacy(data: bytes) -> Tuple[Dict[str, Optional[TensorRef]],
-                                       Dict[str, np.ndarray]]:
+                                       Dict[str, bytes]]:
   stream = io.BytesIO(data)
   try:
     magic = read_pickle(stream)
@@ -287,25 +331,37 @@ def _read_legacy(data: bytes) -> Tuple[Dict[str, Optional[TensorRef]],
                             'protocol).')
   if not (isinstance(sys_info, dict) and sys_info.get('little_endian')):
     raise TorchWeightsError('only little-endian torch files are supported.')
-  tensors = state_dict(read_pickle(stream))
+  pids = []
+  tensors = state_dict(read_pickle(stream, pids))
+  # Each raw storage is written as its element count, then its bytes: its
+  # element size comes from its class, named wherever the pickle refers to
+  # it (by a parameter, a buffer or anything else).
+  types = {}
+  for pid in pids:  # the others are ('module', <class>, file, source)
+    if isinstance(pid, tuple) and pid and pid[0] == 'storage':
+      ref = _storage_ref(pid)
+      types.setdefault(ref.key, ref.storage_type)
   keys = read_pickle(stream)
   storages = {}
   for key in keys:
+    key = str(key)
+    if key not in types:
+      raise TorchWeightsError(f'storage {key} is never referred to, so its '
+                              'element size is unknown.')
+    itemsize = _storage_dtype(types[key]).itemsize
     header = stream.read(8)
     if len(header) != 8:
       raise TorchWeightsError(f'storage {key} is cut short: truncated file.')
     (count,) = struct.unpack('<q', header)
-    dtype = next((t.dtype for t in tensors.values()
-                  if t is not None and t.key == key), np.float32)
-    raw = stream.read(count * np.dtype(dtype).itemsize)
-    if len(raw) != count * np.dtype(dtype).itemsize:
+    raw = stream.read(count * itemsize) if count >= 0 else b''
+    if count < 0 or len(raw) != count * itemsize:
       raise TorchWeightsError(f'storage {key} is cut short: truncated file.')
-    storages[str(key)] = np.frombuffer(raw, np.dtype(dtype).newbyteorder('<'))
+    storages[key] = raw
   return tensors, storages
 
 
 def _read_zip(path: pathlib.Path) -> Tuple[Dict[str, Optional[TensorRef]],
-                                           Dict[str, np.ndarray]]:
+                                           Dict[str, bytes]]:
   with zipfile.ZipFile(path) as archive:
     names = archive.namelist()
     pickles = [n for n in names if n.endswith('/data.pkl') or n == 'data.pkl']
@@ -315,33 +371,52 @@ def _read_zip(path: pathlib.Path) -> Tuple[Dict[str, Optional[TensorRef]],
     tensors = state_dict(read_pickle(io.BytesIO(archive.read(pickles[0]))))
     storages = {}
     for ref in tensors.values():
-      if ref is None or ref.key in storages:
+      if ref is None or ref.storage.key in storages:
         continue
+      key = ref.storage.key
       try:
-        raw = archive.read(f'{root}data/{ref.key}')
+        storages[key] = archive.read(f'{root}data/{key}')
       except KeyError:
-        raise TorchWeightsError(f'storage {ref.key} missing from the '
+        raise TorchWeightsError(f'storage {key} missing from the '
                                 'archive.') from None
-      storages[ref.key] = np.frombuffer(raw,
-                                        np.dtype(ref.dtype).newbyteorder('<'))
   return tensors, storages
 
 
-def _materialise(ref: TensorRef, storage: np.ndarray) -> np.ndarray:
-  itemsize = storage.dtype.itemsize
+def _materialise(ref: TensorRef, raw: bytes) -> np.ndarray:
+  """The tensor's elements from its storage's bytes: float32 for a floating
+  storage, the storage's own dtype otherwise."""
+  dtype = _storage_dtype(ref.storage.storage_type)
+  if len(raw) % dtype.itemsize:
+    raise TorchWeightsError(f'storage of {len(raw)} bytes is not a whole '
+                            f'number of {ref.storage.storage_type} elements.')
+  storage = np.frombuffer(raw, dtype)
+  start = ref.storage.view_start
+  size = (storage.size - start if ref.storage.view_size is None
+          else ref.storage.view_size)
+  if start < 0 or size < 0 or start + size > storage.size:
+    raise TorchWeightsError(f'storage view [{start}, {start + size}) does not '
+                            f'fit its storage of {storage.size}.')
+  storage = storage[start:start + size]
   extent = ref.offset + 1 + sum((n - 1) * s for n, s in zip(ref.shape,
                                                             ref.stride))
-  if min(ref.shape, default=1) == 0 or extent > storage.size:
+  if (min(ref.shape, default=1) <= 0 or min(ref.stride, default=0) < 0
+      or ref.offset < 0 or extent > storage.size):
     raise TorchWeightsError(f'tensor {ref.shape} at offset {ref.offset} does '
                             f'not fit its storage of {storage.size}.')
   view = np.lib.stride_tricks.as_strided(
       storage[ref.offset:], shape=ref.shape,
-      strides=[s * itemsize for s in ref.stride], writeable=False)
-  return np.array(view, dtype=np.float32)
+      strides=[s * dtype.itemsize for s in ref.stride], writeable=False)
+  if ref.storage.storage_type in FLOAT_STORAGES:
+    return np.array(view, dtype=np.float32)
+  return np.array(view)
 
 
 def read_tensors(path) -> Dict[str, Optional[np.ndarray]]:
-  """The named tensors of a .pth as float32 arrays (None: declared None)."""
+  """The named tensors of a .pth (None: declared None).
+
+  Tensors of floating storages come back as float32, others (integer or
+  boolean buffers) in their own dtype.
+  """
   path = pathlib.Path(path)
   try:
     if zipfile.is_zipfile(path):
@@ -360,11 +435,11 @@ def read_tensors(path) -> Dict[str, Optional[np.ndarray]]:
     if ref is None:
       out[name] = None
       continue
-    if ref.key not in storages:
-      raise TorchWeightsError(f'{path}: storage {ref.key} of {name} is not '
-                              'in the file.')
+    if ref.storage.key not in storages:
+      raise TorchWeightsError(f'{path}: storage {ref.storage.key} of {name} '
+                              'is not in the file.')
     try:
-      out[name] = _materialise(ref, storages[ref.key])
+      out[name] = _materialise(ref, storages[ref.storage.key])
     except TorchWeightsError as e:
       raise TorchWeightsError(f'{path}: {name}: {e}') from None
   return out
@@ -397,6 +472,10 @@ def load_vdsr(path) -> Dict[str, Dict[str, np.ndarray]]:
     bias = tensors.get(f'{name}.bias')
     if bias is None:
       bias = np.zeros(kernel.shape[0], np.float32)
+    for what, array in (('weight', kernel), ('bias', bias)):
+      if array.dtype != np.float32:
+        raise TorchWeightsError(f'{path}: {name}.{what} is {array.dtype}, '
+                                'not a floating-point tensor.')
     params[f'conv{i}'] = {'kernel': kernel.transpose(2, 3, 1, 0).copy(),
                           'bias': bias.reshape(-1)}
   return params
