@@ -67,6 +67,20 @@ def _assert_same_params(a, b):
                                     err_msg=f'{layer}/{name}')
 
 
+def test_git_state_outside_a_checkout_reads_the_named_commit(tmp_path,
+                                                            monkeypatch):
+  inside = reporting.git_state()
+  assert len(inside['git_commit']) == 40
+  monkeypatch.delenv('VDSR_GIT_COMMIT', raising=False)
+  assert reporting.git_state(tmp_path) == {'git_commit': None,
+                                           'git_dirty': None}
+  monkeypatch.setenv('VDSR_GIT_COMMIT', 'a' * 40)
+  assert reporting.git_state(tmp_path) == {'git_commit': 'a' * 40,
+                                           'git_dirty': None}
+  # Inside a checkout git itself answers, whatever the variable says.
+  assert reporting.git_state() == inside
+
+
 def test_smoke_run_writes_everything(tmp_path):
   eval_images = {'set5': synthetic_images(n=1, height=24, width=24, seed=5)}
   out = train.train_and_evaluate(

@@ -20,6 +20,7 @@ interrupted run) are dropped so the file describes one consistent run.
 
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -75,8 +76,11 @@ def flat_psnr(results: Mapping[str, Mapping[str, Mapping[str, float]]]
 def git_state(path=None) -> Dict[str, Any]:
   """{'git_commit': sha or None, 'git_dirty': bool or None} of `path`'s repo.
 
-  `path` defaults to this package's folder (the code that trains). None when
-  it is not inside a git checkout (an installed package) or git is missing.
+  `path` defaults to this package's folder (the code that trains). Outside
+  a git checkout (an installed package, a copy of the files on another
+  machine) or without git, the commit is $VDSR_GIT_COMMIT if set (whoever
+  made the copy names it; whether it was modified is then unknown), else
+  None.
   """
   path = pathlib.Path(path or __file__).resolve()
   cwd = path if path.is_dir() else path.parent
@@ -87,7 +91,8 @@ def git_state(path=None) -> Dict[str, Any]:
                            cwd=cwd, check=True, capture_output=True,
                            text=True).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
-    return {'git_commit': None, 'git_dirty': None}
+    return {'git_commit': os.environ.get('VDSR_GIT_COMMIT') or None,
+            'git_dirty': None}
   return {'git_commit': sha, 'git_dirty': bool(dirty)}
 
 

@@ -1,0 +1,171 @@
+"""Tests for vdsr_jax.run_archive and experiments/carry_run.py."""
+
+import io
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from test_train import _assert_same_params
+from test_train import _train_records
+from test_train import run_tiny
+from vdsr_jax import checkpointing
+from vdsr_jax import run_archive
+from vdsr_jax import train
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _stopped_run(workdir):
+  """A tiny run stopped by its time limit after one step, checkpointed."""
+  with pytest.raises(train.TimeLimitReached):
+    run_tiny(workdir, time_limit=1e-6, keep_checkpoints=3)
+  with pytest.raises(train.TimeLimitReached):
+    run_tiny(workdir, time_limit=1e-6, keep_checkpoints=3)
+  assert checkpointing.find_step_dir(workdir).name == '2'
+
+
+def test_pack_unpack_then_resume_is_exact(tmp_path):
+  straight = run_tiny(tmp_path / 'straight')
+  _stopped_run(tmp_path / 'here')
+  info = run_archive.pack(tmp_path / 'here', tmp_path / 'run.tgz')
+  assert info['step'] == 2
+  # Only the newest of the two checkpoints travels.
+  assert any(f.startswith('checkpoints/2/') for f in info['files'])
+  assert not any(f.startswith('checkpoints/1/') for f in info['files'])
+  assert {'flags.txt', 'metrics.jsonl'} <= set(info['files'])
+
+  there = tmp_path / 'elsewhere' / 'run'
+  assert run_archive.unpack(tmp_path / 'run.tgz', there) == info
+  resumed = run_tiny(there)
+  assert resumed['step'] == 6
+  _assert_same_params(straight['params'], resumed['params'])
+  assert ([r['loss'] for r in _train_records(there)] ==
+          [r['loss'] for r in _train_records(tmp_path / 'straight')])
+
+
+def test_unpack_never_overwrites(tmp_path):
+  _stopped_run(tmp_path / 'here')
+  run_archive.pack(tmp_path / 'here', tmp_path / 'run.tgz')
+  before = sorted(p.name for p in (tmp_path / 'here').iterdir())
+  with pytest.raises(run_archive.RunArchiveError, match='already exists'):
+    run_archive.unpack(tmp_path / 'run.tgz', tmp_path / 'here')
+  assert sorted(p.name for p in (tmp_path / 'here').iterdir()) == before
+
+
+def _archive_with(path, members):
+  with tarfile.open(path, 'w:gz') as tar:
+    for name, data in members:
+      entry = tarfile.TarInfo(name)
+      entry.size = len(data)
+      tar.addfile(entry, io.BytesIO(data))
+
+
+@pytest.mark.parametrize('name', ['../escape.txt', '/abs.txt'])
+def test_unpack_refuses_members_outside_the_run(tmp_path, name):
+  archive = tmp_path / 'evil.tgz'
+  _archive_with(archive, [
+      (run_archive.INFO_FILE, json.dumps({'step': 1, 'files': []}).encode()),
+      (name, b'x')])
+  with pytest.raises(run_archive.RunArchiveError, match='refusing'):
+    run_archive.unpack(archive, tmp_path / 'out' / 'run')
+  assert not (tmp_path / 'escape.txt').exists()
+  assert not (tmp_path / 'out').exists() or not any(
+      (tmp_path / 'out').iterdir())
+
+
+def test_unpack_of_a_damaged_or_foreign_archive_writes_nothing(tmp_path):
+  _stopped_run(tmp_path / 'here')
+  run_archive.pack(tmp_path / 'here', tmp_path / 'run.tgz')
+  data = (tmp_path / 'run.tgz').read_bytes()
+  (tmp_path / 'cut.tgz').write_bytes(data[:len(data) // 2])
+  out = tmp_path / 'out'
+  out.mkdir()
+  with pytest.raises(run_archive.RunArchiveError,
+                     match='damaged|not a run archive'):
+    run_archive.unpack(tmp_path / 'cut.tgz', out / 'run')
+  assert list(out.iterdir()) == []
+  _archive_with(tmp_path / 'other.tgz', [('notes.txt', b'hello')])
+  with pytest.raises(run_archive.RunArchiveError,
+                     match='not a run archive made by'):
+    run_archive.unpack(tmp_path / 'other.tgz', out / 'run')
+  with pytest.raises(run_archive.RunArchiveError, match='No such run archive'):
+    run_archive.unpack(tmp_path / 'missing.tgz', out / 'run')
+  assert list(out.iterdir()) == []
+
+
+def test_pack_needs_a_workdir_with_a_checkpoint(tmp_path):
+  with pytest.raises(run_archive.RunArchiveError, match='not a training'):
+    run_archive.pack(tmp_path, tmp_path / 'a.tgz')
+  (tmp_path / 'flags.txt').write_text('--depth=3\n')
+  with pytest.raises(run_archive.RunArchiveError, match='no checkpoint'):
+    run_archive.pack(tmp_path, tmp_path / 'a.tgz')
+  assert not (tmp_path / 'a.tgz').exists()
+
+
+def test_cli(tmp_path, run_script):
+  _stopped_run(tmp_path / 'here')
+  archive = tmp_path / 'run.tgz'
+  result = run_script('carry_run.py', ['--pack', f'--workdir={tmp_path / "here"}',
+                                       f'--archive={archive}'])
+  assert result.returncode == 0, result.stderr
+  assert json.loads(result.stdout)['step'] == 2
+  result = run_script('carry_run.py', ['--unpack', f'--archive={archive}',
+                                       f'--workdir={tmp_path / "here"}'])
+  assert result.returncode == 1
+  assert 'already exists' in result.stderr
+  assert 'Traceback' not in result.stderr
+  result = run_script('carry_run.py', ['--pack', '--unpack',
+                                       f'--archive={archive}',
+                                       f'--workdir={tmp_path}'])
+  assert result.returncode != 0
+  assert 'exactly one of --pack and --unpack' in result.stderr
+
+
+def test_remote_train_script_stops_packs_and_continues(tmp_path):
+  """experiments/remote/train.sh: exit 75 with run.tgz, then a fresh
+  workdir continues from it to the end."""
+  from test_train import _write_pngs  # pylint: disable=g-import-not-at-top
+  from test_train import synthetic_images  # pylint: disable=g-import-not-at-top
+  bundle = tmp_path / 'bundle'
+  bundle.mkdir()
+  _write_pngs(bundle / 'train', synthetic_images())
+  _write_pngs(bundle / 'set5', synthetic_images(n=2, seed=1))
+  (bundle / 'COMMIT').write_text('b' * 40 + '\n')
+  flagfile = tmp_path / 'tiny.flags'
+  flagfile.write_text('--depth=3\n--features=8\n--patch_size=17\n'
+                      '--batch_size=8\n--total_steps=3\n--log_every=1\n'
+                      '--checkpoint_every=0\n--eval_every=0\n'
+                      '--eval_scales=2\n')
+  script = REPO_ROOT / 'experiments' / 'remote' / 'train.sh'
+
+  def run(out, workdir, *flags):
+    env = dict(os.environ, BUNDLE=str(bundle), OUT=str(out),
+               WORKDIR=str(workdir), PYTHON=sys.executable)
+    env.pop('PYTHONPATH', None)
+    return subprocess.run(['bash', str(script), str(flagfile), *flags],
+                          env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+
+  first = run(tmp_path / 'out1', tmp_path / 'w1', '--time_limit=0.001s')
+  assert first.returncode == 75, first.stderr
+  assert sorted(p.name for p in (tmp_path / 'out1').iterdir()) == [
+      'flags.txt', 'metrics.jsonl', 'run.tgz']
+  (bundle / 'run.tgz').write_bytes((tmp_path / 'out1' / 'run.tgz').read_bytes())
+  second = run(tmp_path / 'out2', tmp_path / 'w2')
+  assert second.returncode == 0, second.stderr
+  out = tmp_path / 'out2'
+  assert {'params.npz', 'curves.png', 'run.tgz'} <= {
+      p.name for p in out.iterdir()}
+  records = [json.loads(line) for line in
+             (out / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in records if r['kind'] == 'train'] == [1, 2, 3]
+  sessions = [r for r in records if r['kind'] == 'session']
+  assert [r['step'] for r in sessions] == [0, 1]
+  # The repository's own git answers here; on a copy without .git the
+  # bundle's COMMIT would be recorded (test_train covers that fallback).
+  assert all(len(r['git_commit']) == 40 for r in sessions)
