@@ -124,16 +124,18 @@ def _tiny_port(tmp_path, features=4):
   return path, (first, middle, bias, last)
 
 
+def _assert_kernels(params, oihw_kernels):
+  """params are exactly conv0..conv<n-1> holding these OIHW kernels as HWIO."""
+  assert list(params) == [f'conv{i}' for i in range(len(oihw_kernels))]
+  for i, kernel in enumerate(oihw_kernels):
+    np.testing.assert_array_equal(params[f'conv{i}']['kernel'],
+                                  kernel.transpose(2, 3, 1, 0))
+
+
 def test_zip_state_dict_maps_to_vdsr_params(tmp_path):
   path, (first, middle, bias, last) = _tiny_port(tmp_path)
   params = weights.load_params(path)
-  assert list(params) == ['conv0', 'conv1', 'conv2']
-  np.testing.assert_array_equal(params['conv0']['kernel'],
-                                first.transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(params['conv1']['kernel'],
-                                middle.transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(params['conv2']['kernel'],
-                                last.transpose(2, 3, 1, 0))
+  _assert_kernels(params, [first, middle, last])
   np.testing.assert_array_equal(params['conv1']['bias'], bias)
   np.testing.assert_array_equal(params['conv0']['bias'], 0.0)  # no bias
   np.testing.assert_array_equal(params['conv2']['bias'], 0.0)
@@ -230,13 +232,7 @@ def test_legacy_file_sizes_every_storage_by_its_own_type(tmp_path):
   tensors = torch_weights.read_tensors(path)
   np.testing.assert_array_equal(tensors['steps'], steps)
   assert tensors['steps'].dtype == np.int64
-  params = weights.load_params(path)
-  np.testing.assert_array_equal(params['conv0']['kernel'],
-                                first.transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(params['conv1']['kernel'],
-                                middle.transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(params['conv2']['kernel'],
-                                last.transpose(2, 3, 1, 0))
+  _assert_kernels(weights.load_params(path), [first, middle, last])
 
 
 def test_legacy_storage_nothing_refers_to_is_an_error(tmp_path):
