@@ -6,16 +6,17 @@
 #   BUNDLE/wheels/    pure-Python wheels of the pinned flax, optax,
 #                     orbax-checkpoint and tensorboardX (requirements.txt),
 #                     for a machine whose own versions differ
-#   BUNDLE/run.tgz    optional: a run to continue (experiments/carry_run.py)
+#   BUNDLE/run.tgz    optional: a run to continue (experiments/carry_run.py),
+#                     packed from a workdir or copied from a run archive
 #
-# Usage: bash experiments/remote/make_bundle.sh BUNDLE [WORKDIR_TO_CONTINUE]
+# Usage: bash experiments/remote/make_bundle.sh BUNDLE [WORKDIR_OR_RUN_TGZ]
 # Needs the shared datasets (VDSR_DATA_DIR or ../shared/datasets) and pip
 # access to the package index. BUNDLE must not exist.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 if [[ $# -lt 1 || $# -gt 2 ]]; then
-  echo "usage: $0 BUNDLE [WORKDIR_TO_CONTINUE]" >&2
+  echo "usage: $0 BUNDLE [WORKDIR_OR_RUN_TGZ]" >&2
   exit 2
 fi
 bundle=$1
@@ -38,7 +39,9 @@ done
 "$python" -m pip download -q --no-deps --only-binary=:all: \
   --python-version 3.12 --implementation py --abi none --platform any \
   -d "$tmp/wheels" "${pins[@]}"
-if [[ $# -eq 2 ]]; then
+if [[ $# -eq 2 && -f "$2" ]]; then
+  cp "$2" "$tmp/run.tgz"
+elif [[ $# -eq 2 ]]; then
   "$python" experiments/carry_run.py --pack --workdir="$2" \
     --archive="$tmp/run.tgz"
 fi
