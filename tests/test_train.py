@@ -193,6 +193,21 @@ def test_interrupt_then_resume_is_bit_identical(tmp_path, monkeypatch,
           if r['kind'] == 'session'] == [0, 4]
 
 
+def test_a_stop_between_records_logs_the_steps_since_the_last(tmp_path):
+  """Stopped at step 1 with --log_every=4: step 1 is logged, not lost; the
+  resumed run logs steps 2-4 at 4, then the final step."""
+  with pytest.raises(train.TimeLimitReached):
+    run_tiny(tmp_path, log_every=4, time_limit=1e-6)
+  run_tiny(tmp_path / 'straight', log_every=1)
+  every = [r['loss'] for r in _train_records(tmp_path / 'straight')]
+  assert [(r['step'], r['loss']) for r in _train_records(tmp_path)] == [
+      (1, every[0])]
+  run_tiny(tmp_path, log_every=4)
+  records = _train_records(tmp_path)
+  assert [r['step'] for r in records] == [1, 4, 6]
+  assert records[1]['loss'] == pytest.approx(np.mean(every[1:4]), rel=1e-6)
+
+
 def test_time_limit_stops_with_a_checkpoint_and_continues_exactly(tmp_path):
   straight = run_tiny(tmp_path / 'straight')
   workdir = tmp_path / 'pieces'

@@ -678,6 +678,10 @@ class _Metrics:
             f'{float(m["lr"]):.4g}.')
       self.fetched.append((step, m))
 
+  def unlogged(self) -> bool:
+    """Whether steps have run since the last record."""
+    return bool(self.pending or self.fetched)
+
   def summary(self, step: int) -> Dict[str, float]:
     """Means since the last record, the last lr, and steps per second."""
     self.check()
@@ -834,8 +838,16 @@ class _Run:
           raise _OutOfTime
 
   def _save_before_stopping(self) -> int:
-    """Saves the current state unless it is saved already; its step."""
+    """Logs the steps run since the last record, then saves the current
+    state unless it is saved already; its step."""
     step = self.pipeline.next_step
+    if self.metrics.unlogged():  # else they would be missing from the log
+      try:
+        scalars = self.metrics.summary(step)
+      except TrainingError as e:
+        raise self._diverged(e) from None
+      self.last_loss = scalars['loss']
+      self.reporter.write_train(step, scalars)
     if self.last_saved != step:
       try:
         self.save()
