@@ -48,6 +48,25 @@ def test_pack_unpack_then_resume_is_exact(tmp_path):
           [r['loss'] for r in _train_records(tmp_path / 'straight')])
 
 
+def test_the_committed_run_in_progress_unpacks_whole(tmp_path):
+  """experiments/results/vdsr_port/run.tgz: the run carried between
+  sessions. It unpacks, and its flags, metrics and checkpoint agree with
+  the copies committed beside it."""
+  results = REPO_ROOT / 'experiments' / 'results' / 'vdsr_port'
+  workdir = tmp_path / 'run'
+  info = run_archive.unpack(results / 'run.tgz', workdir)
+  assert (workdir / 'flags.txt').read_text() == (
+      results / 'flags.txt').read_text()
+  assert (workdir / 'metrics.jsonl').read_text() == (
+      results / 'metrics.jsonl').read_text()
+  assert checkpointing.find_step_dir(workdir).name == str(info['step'])
+  assert _train_records(workdir)[-1]['step'] == info['step']
+  params = checkpointing.restore_params(workdir)
+  assert len(params) == 20
+  for layer in params.values():  # --notrain_biases
+    assert not layer['bias'].any()
+
+
 def test_unpack_never_overwrites(tmp_path):
   _stopped_run(tmp_path / 'here')
   run_archive.pack(tmp_path / 'here', tmp_path / 'run.tgz')
