@@ -305,3 +305,25 @@ def test_read_pickle_keeps_shared_references():
   data = b'\x80\x02](]q\x00h\x00e' + b'h\x00' + _int(7) + b'a0.'
   obj = torch_weights.read_pickle(io.BytesIO(data))
   assert obj == [[7], [7]] and obj[0] is obj[1]
+
+
+def test_bfloat16_and_half_storages_widen_exactly(tmp_path):
+  values = np.array([1.0, -2.5, 0.15625, 3.0e38, -1.0e-38, 0.0, 7.0, 0.5, 96.0],
+                    np.float32)
+  bf16_bits = (values.view(np.uint32) >> 16).astype('<u2')  # exact in bf16
+  half = values[[0, 1, 2, 5, 6, 7, 8, 0, 1]].astype('<f2')
+  entries = [('input.weight', _tensor('0', 9, 0, (1, 1, 3, 3), (9, 9, 3, 1),
+                                      'BFloat16Storage')),
+             ('output.weight', _tensor('1', 9, 0, (1, 1, 3, 3), (9, 9, 3, 1),
+                                       'HalfStorage'))]
+  path = tmp_path / 'narrow.pth'
+  _write_zip(path, _state_dict_pickle(entries), {'0': bf16_bits, '1': half})
+  tensors = torch_weights.read_tensors(path)
+  assert tensors['input.weight'].dtype == np.float32
+  np.testing.assert_array_equal(tensors['input.weight'].ravel(),
+                                (bf16_bits.astype(np.uint32) << 16).view(
+                                    np.float32))
+  np.testing.assert_array_equal(tensors['input.weight'].ravel()[:3],
+                                values[:3])
+  np.testing.assert_array_equal(tensors['output.weight'].ravel(),
+                                half.astype(np.float32))

@@ -32,7 +32,6 @@ import struct
 import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
-import ml_dtypes
 import numpy as np
 
 LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
@@ -40,11 +39,11 @@ LEGACY_PROTOCOL = 1001
 # Element types of torch's storage classes (little-endian). Floating ones are
 # read as weights; the others (a module's integer buffers, say) are read as
 # they are, so that their storages are sized right and their names can be
-# reported, but are never accepted as a kernel or bias.
+# reported, but are never accepted as a kernel or bias. bfloat16 is read as
+# its 16 bits and widened to float32 exactly (the upper half of a float32).
 STORAGE_DTYPES = {
     'FloatStorage': np.dtype('<f4'), 'DoubleStorage': np.dtype('<f8'),
-    'HalfStorage': np.dtype('<f2'),
-    'BFloat16Storage': np.dtype(ml_dtypes.bfloat16),
+    'HalfStorage': np.dtype('<f2'), 'BFloat16Storage': np.dtype('<u2'),
     'LongStorage': np.dtype('<i8'), 'IntStorage': np.dtype('<i4'),
     'ShortStorage': np.dtype('<i2'), 'CharStorage': np.dtype('i1'),
     'ByteStorage': np.dtype('u1'), 'BoolStorage': np.dtype('?'),
@@ -406,6 +405,8 @@ def _materialise(ref: TensorRef, raw: bytes) -> np.ndarray:
   view = np.lib.stride_tricks.as_strided(
       storage[ref.offset:], shape=ref.shape,
       strides=[s * dtype.itemsize for s in ref.stride], writeable=False)
+  if ref.storage.storage_type == 'BFloat16Storage':
+    return (view.astype(np.uint32) << 16).view(np.float32)
   if ref.storage.storage_type in FLOAT_STORAGES:
     return np.array(view, dtype=np.float32)
   return np.array(view)
