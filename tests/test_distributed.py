@@ -29,11 +29,14 @@ def _wait_all(procs, logs, timeout):
 
   A failed process does not exit at once: jax.distributed's shutdown waits
   for its peer, which waits in a collective. Hence the look at the logs.
+  Exits 75 (time limit) and 143 (SIGTERM) are planned stops, not failures:
+  the peer stops at the same step and may exit a moment later.
   """
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
     codes = [p.poll() for p in procs]
-    if all(c is not None for c in codes) or any(c for c in codes):
+    if (all(c is not None for c in codes)
+        or any(c not in (None, 0, 75, 143) for c in codes)):
       return
     if any('Traceback' in log.read_text() for log in logs):
       return
