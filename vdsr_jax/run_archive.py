@@ -27,8 +27,8 @@ from typing import Any, Dict
 from vdsr_jax import atomic
 from vdsr_jax import checkpointing
 from vdsr_jax import reporting
+from vdsr_jax import train
 
-FLAGS_FILE = 'flags.txt'  # as in vdsr_jax.train, which imports far more
 INFO_FILE = 'run_archive.json'
 
 
@@ -51,11 +51,11 @@ def pack(workdir, archive) -> Dict[str, Any]:
     run_archive.json, for a reader that does not want to extract it).
   """
   workdir = pathlib.Path(workdir).expanduser().absolute()
-  if not (workdir / FLAGS_FILE).is_file():
+  if not (workdir / train.FLAGS_FILE).is_file():
     raise RunArchiveError(f'{workdir} is not a training workdir (no '
-                          f'{FLAGS_FILE}).')
+                          f'{train.FLAGS_FILE}).')
   step_dir = _latest_step_dir(workdir)
-  members = [workdir / FLAGS_FILE]
+  members = [workdir / train.FLAGS_FILE]
   if (workdir / reporting.METRICS_FILE).is_file():
     members.append(workdir / reporting.METRICS_FILE)
   members += sorted(p for p in step_dir.rglob('*') if p.is_file())
@@ -118,8 +118,8 @@ def unpack(archive, workdir) -> Dict[str, Any]:
       for member in members:
         if member.name != INFO_FILE:
           tar.extract(member, tmp, set_attrs=False, **safe)
-      if not (tmp / FLAGS_FILE).is_file():
-        raise RunArchiveError(f'{archive} holds no {FLAGS_FILE}.')
+      if not (tmp / train.FLAGS_FILE).is_file():
+        raise RunArchiveError(f'{archive} holds no {train.FLAGS_FILE}.')
       found = _latest_step_dir(tmp)
       if int(found.name) != int(info['step']):
         raise RunArchiveError(f'{archive}: checkpoint step {found.name} is '

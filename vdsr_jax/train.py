@@ -818,11 +818,7 @@ class _Run:
       self.bar.update(1)
       final = done == c.total_steps
       if done % c.log_every == 0 or final:
-        scalars = self.metrics.summary(done)
-        self.last_loss = scalars['loss']
-        self.reporter.write_train(done, scalars)
-        self.bar.set_postfix(loss=f'{scalars["loss"]:.3e}',
-                             lr=f'{scalars["lr"]:.3g}')
+        self._log_train(done)
       if final or (c.checkpoint_every and done % c.checkpoint_every == 0):
         self.save()
       if (self.evaluating and not final and c.eval_every
@@ -837,22 +833,25 @@ class _Run:
         if out_of_time:
           raise _OutOfTime
 
+  def _log_train(self, step: int) -> None:
+    """One train record: the means of the steps since the last one."""
+    scalars = self.metrics.summary(step)
+    self.last_loss = scalars['loss']
+    self.reporter.write_train(step, scalars)
+    self.bar.set_postfix(loss=f'{scalars["loss"]:.3e}',
+                         lr=f'{scalars["lr"]:.3g}')
+
   def _save_before_stopping(self) -> int:
     """Logs the steps run since the last record, then saves the current
     state unless it is saved already; its step."""
     step = self.pipeline.next_step
-    if self.metrics.unlogged():  # else they would be missing from the log
-      try:
-        scalars = self.metrics.summary(step)
-      except TrainingError as e:
-        raise self._diverged(e) from None
-      self.last_loss = scalars['loss']
-      self.reporter.write_train(step, scalars)
-    if self.last_saved != step:
-      try:
+    try:
+      if self.metrics.unlogged():  # else they would be missing from the log
+        self._log_train(step)
+      if self.last_saved != step:
         self.save()
-      except TrainingError as e:
-        raise self._diverged(e) from None
+    except TrainingError as e:
+      raise self._diverged(e) from None
     return step
 
   def train(self):
