@@ -193,7 +193,13 @@ def plot_curves(records: List[Dict[str, Any]], path,
   train = [r for r in records if r.get('kind') == 'train'
            and r.get('loss') is not None]
   evals = [r for r in records if r.get('kind') == 'eval']
-  fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(11, 4))
+  keys = sorted({k for r in evals for k in r.get('psnr', {})})
+  # A run with no evaluation yet gets the loss panel alone (an empty PSNR
+  # panel beside it would read as a plotting failure).
+  if keys:
+    fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(11, 4))
+  else:
+    fig, ax_loss = plt.subplots(1, 1, figsize=(5.5, 4))
   if train:
     ax_loss.plot([r['step'] for r in train], [r['loss'] for r in train])
     if all(r['loss'] > 0 for r in train):
@@ -201,17 +207,16 @@ def plot_curves(records: List[Dict[str, Any]], path,
   ax_loss.set_xlabel('step')
   ax_loss.set_ylabel('training loss (MSE)')
   ax_loss.grid(True, alpha=0.3)
-  keys = sorted({k for r in evals for k in r.get('psnr', {})})
   for i, key in enumerate(keys):
     points = [(r['step'], r['psnr'][key]) for r in evals if key in r['psnr']]
     color = f'C{i}'
     ax_psnr.plot(*zip(*points), marker='o', color=color, label=key)
     if paper and key in paper:
       ax_psnr.axhline(paper[key], color=color, linestyle='--', alpha=0.6)
-  ax_psnr.set_xlabel('step')
-  ax_psnr.set_ylabel('PSNR (dB)' + (' (dashed: paper)' if paper else ''))
-  ax_psnr.grid(True, alpha=0.3)
   if keys:
+    ax_psnr.set_xlabel('step')
+    ax_psnr.set_ylabel('PSNR (dB)' + (' (dashed: paper)' if paper else ''))
+    ax_psnr.grid(True, alpha=0.3)
     ax_psnr.legend()
   fig.tight_layout()
   with atomic.write(path) as f:
