@@ -126,6 +126,28 @@ def test_pack_needs_a_workdir_with_a_checkpoint(tmp_path):
   assert not (tmp_path / 'a.tgz').exists()
 
 
+def test_pack_of_a_run_that_changes_meanwhile_keeps_the_old_archive(
+    tmp_path, monkeypatch):
+  """A checkpoint file deleted mid-pack (a run still training) is one clear
+  error, and the archive from before is left as it was."""
+  _stopped_run(tmp_path / 'here')
+  archive = tmp_path / 'run.tgz'
+  archive.write_bytes(b'the previous archive')
+  add = tarfile.TarFile.add
+
+  def add_after_a_deletion(self, name, *args, **kwargs):
+    if 'checkpoints' in pathlib.Path(name).parts:
+      os.unlink(name)
+    return add(self, name, *args, **kwargs)
+
+  monkeypatch.setattr(tarfile.TarFile, 'add', add_after_a_deletion)
+  with pytest.raises(run_archive.RunArchiveError,
+                     match='changed while it was packed.*still training'):
+    run_archive.pack(tmp_path / 'here', archive)
+  assert archive.read_bytes() == b'the previous archive'
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['here', 'run.tgz']
+
+
 def test_cli(tmp_path, run_script):
   _stopped_run(tmp_path / 'here')
   archive = tmp_path / 'run.tgz'

@@ -13,7 +13,9 @@ Both are all-or-nothing: `pack` writes the archive atomically, `unpack`
 extracts into a temporary folder beside the target and renames it into
 place, and refuses to touch a workdir that already exists. An archive member
 that is not a plain file or folder, or whose path leaves the workdir, is an
-error before anything is written.
+error before anything is written. Pack a stopped run: one still training
+deletes older checkpoints as it saves, and a file gone mid-pack is an error
+(the archive is then not written).
 """
 
 import io
@@ -61,14 +63,21 @@ def pack(workdir, archive) -> Dict[str, Any]:
   members += sorted(p for p in step_dir.rglob('*') if p.is_file())
   names = [p.relative_to(workdir).as_posix() for p in members]
   info = {'step': int(step_dir.name), 'files': names}
-  with atomic.write(archive, 'wb') as f:
-    with tarfile.open(fileobj=f, mode='w:gz') as tar:
-      data = json.dumps(info, indent=1).encode()
-      entry = tarfile.TarInfo(INFO_FILE)
-      entry.size = len(data)
-      tar.addfile(entry, io.BytesIO(data))
-      for path, name in zip(members, names):
-        tar.add(path, arcname=name, recursive=False)
+  try:
+    with atomic.write(archive, 'wb') as f:
+      with tarfile.open(fileobj=f, mode='w:gz') as tar:
+        data = json.dumps(info, indent=1).encode()
+        entry = tarfile.TarInfo(INFO_FILE)
+        entry.size = len(data)
+        tar.addfile(entry, io.BytesIO(data))
+        for path, name in zip(members, names):
+          tar.add(path, arcname=name, recursive=False)
+  except OSError as e:
+    # A run still training deletes older checkpoints as it saves new ones.
+    raise RunArchiveError(
+        f'{workdir} changed while it was packed ({e}); is it still '
+        'training? Pack a stopped run. The archive was not written.'
+    ) from None
   return info
 
 
