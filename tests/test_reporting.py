@@ -5,7 +5,7 @@ from PIL import Image
 from vdsr_jax import reporting
 
 
-def _train_records(steps):
+def _train_records_at(steps):
   return [{'kind': 'train', 'step': s, 'loss': 1e-2 / s, 'lr': 0.1}
           for s in steps]
 
@@ -20,7 +20,7 @@ def test_curves_of_a_run_without_evaluations_have_the_loss_panel_only(
   """An unevaluated run's figure is one panel wide, not a blank PSNR beside."""
   only_loss = tmp_path / 'loss.png'
   both = tmp_path / 'both.png'
-  records = _train_records([100, 200, 300])
+  records = _train_records_at([100, 200, 300])
   reporting.plot_curves(records, only_loss, {'set5/x2': 37.53})
   reporting.plot_curves(records + [_eval_record(300, 36.0, 32.0)], both,
                         {'set5/x2': 37.53})
@@ -30,8 +30,8 @@ def test_curves_of_a_run_without_evaluations_have_the_loss_panel_only(
 
 
 def test_summary_table_has_a_row_per_evaluation_and_the_paper_row():
-  records = (_train_records([100, 200]) + [_eval_record(200, 36.1, 32.2)] +
-             _train_records([300]) + [_eval_record(300, 36.5, 32.6)])
+  records = (_train_records_at([100, 200]) + [_eval_record(200, 36.1, 32.2)] +
+             _train_records_at([300]) + [_eval_record(300, 36.5, 32.6)])
   lines = reporting.summary_table(records, {'set5/x2': 37.53}).splitlines()
   assert lines[0].split() == ['step', 'loss', 'set5/x2', 'set5/x3']
   assert lines[2].split() == ['200', '5.000e-05', '36.100', '32.200']
@@ -40,6 +40,6 @@ def test_summary_table_has_a_row_per_evaluation_and_the_paper_row():
 
 
 def test_summary_table_of_an_unevaluated_run_shows_its_last_loss():
-  lines = reporting.summary_table(_train_records([100, 250])).splitlines()
+  lines = reporting.summary_table(_train_records_at([100, 250])).splitlines()
   assert lines[0].split() == ['step', 'loss']
   assert lines[-1].split() == ['250', '4.000e-05']

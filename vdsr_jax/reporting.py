@@ -207,13 +207,14 @@ def plot_curves(records: List[Dict[str, Any]], path,
   ax_loss.set_xlabel('step')
   ax_loss.set_ylabel('training loss (MSE)')
   ax_loss.grid(True, alpha=0.3)
-  for i, key in enumerate(keys):
-    points = [(r['step'], r['psnr'][key]) for r in evals if key in r['psnr']]
-    color = f'C{i}'
-    ax_psnr.plot(*zip(*points), marker='o', color=color, label=key)
-    if paper and key in paper:
-      ax_psnr.axhline(paper[key], color=color, linestyle='--', alpha=0.6)
   if keys:
+    for i, key in enumerate(keys):
+      points = [(r['step'], r['psnr'][key]) for r in evals
+                if key in r['psnr']]
+      color = f'C{i}'
+      ax_psnr.plot(*zip(*points), marker='o', color=color, label=key)
+      if paper and key in paper:
+        ax_psnr.axhline(paper[key], color=color, linestyle='--', alpha=0.6)
     ax_psnr.set_xlabel('step')
     ax_psnr.set_ylabel('PSNR (dB)' + (' (dashed: paper)' if paper else ''))
     ax_psnr.grid(True, alpha=0.3)

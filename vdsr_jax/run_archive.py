@@ -63,21 +63,21 @@ def pack(workdir, archive) -> Dict[str, Any]:
   members += sorted(p for p in step_dir.rglob('*') if p.is_file())
   names = [p.relative_to(workdir).as_posix() for p in members]
   info = {'step': int(step_dir.name), 'files': names}
-  try:
-    with atomic.write(archive, 'wb') as f:
-      with tarfile.open(fileobj=f, mode='w:gz') as tar:
-        data = json.dumps(info, indent=1).encode()
-        entry = tarfile.TarInfo(INFO_FILE)
-        entry.size = len(data)
-        tar.addfile(entry, io.BytesIO(data))
-        for path, name in zip(members, names):
+  with atomic.write(archive, 'wb') as f:
+    with tarfile.open(fileobj=f, mode='w:gz') as tar:
+      data = json.dumps(info, indent=1).encode()
+      entry = tarfile.TarInfo(INFO_FILE)
+      entry.size = len(data)
+      tar.addfile(entry, io.BytesIO(data))
+      for path, name in zip(members, names):
+        try:
           tar.add(path, arcname=name, recursive=False)
-  except OSError as e:
-    # A run still training deletes older checkpoints as it saves new ones.
-    raise RunArchiveError(
-        f'{workdir} changed while it was packed ({e}); is it still '
-        'training? Pack a stopped run. The archive was not written.'
-    ) from None
+        except FileNotFoundError as e:
+          # A run still training deletes older checkpoints as it saves.
+          raise RunArchiveError(
+              f'{workdir} changed while it was packed ({e}); is it still '
+              'training? Pack a stopped run. The archive was not written.'
+          ) from None
   return info
 
 
