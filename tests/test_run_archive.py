@@ -49,10 +49,10 @@ def test_pack_unpack_then_resume_is_exact(tmp_path):
 
 
 def test_the_committed_run_in_progress_unpacks_whole(tmp_path):
-  """experiments/results/vdsr_port/run.tgz: the run carried between
+  """experiments/results/vdsr_port_aug/run.tgz: the run carried between
   sessions. It unpacks, and its flags, metrics and checkpoint agree with
   the copies committed beside it."""
-  results = REPO_ROOT / 'experiments' / 'results' / 'vdsr_port'
+  results = REPO_ROOT / 'experiments' / 'results' / 'vdsr_port_aug'
   workdir = tmp_path / 'run'
   info = run_archive.unpack(results / 'run.tgz', workdir)
   assert (workdir / 'flags.txt').read_text() == (

@@ -690,7 +690,8 @@ def test_resume_reads_fields_missing_from_an_older_flags_file(tmp_path):
 @pytest.mark.parametrize('flagfile,run', [
     ('vdsr_paper_54k.flags', 'vdsr_291'),  # the shipped weights
     ('vdsr_paper_36k.flags', 'vdsr_291_36k'),
-    ('vdsr_pytorch_port.flags', 'vdsr_port'),  # in progress, carried
+    ('vdsr_pytorch_port.flags', 'vdsr_port'),
+    ('vdsr_pytorch_port_aug.flags', 'vdsr_port_aug'),  # in progress, carried
 ])
 def test_trained_runs_match_their_flagfiles(flagfile, run):
   """experiments/results/RUN was trained with experiments/configs/FLAGFILE."""
