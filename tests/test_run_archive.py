@@ -207,6 +207,10 @@ def test_remote_train_script_stops_packs_and_continues(tmp_path):
   assert [r['step'] for r in records if r['kind'] == 'train'] == [1, 2, 3]
   sessions = [r for r in records if r['kind'] == 'session']
   assert [r['step'] for r in sessions] == [0, 1]
-  # The repository's own git answers here; on a copy without .git the
-  # bundle's COMMIT would be recorded (test_train covers that fallback).
-  assert all(len(r['git_commit']) == 40 for r in sessions)
+  # The repository's own git answers here, and the bundle's COMMIT, which
+  # differs, is kept beside it and reported; on a copy without .git the
+  # bundle's COMMIT alone is recorded (test_train covers that fallback).
+  assert all(len(r['git_commit']) == 40 and r['git_commit'] != 'b' * 40
+             for r in sessions)
+  assert all(r['named_commit'] == 'b' * 40 for r in sessions)
+  assert 'warning: git names commit' in first.stderr

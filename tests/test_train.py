@@ -69,15 +69,19 @@ def _assert_same_params(a, b):
 
 def test_git_state_outside_a_checkout_reads_the_named_commit(tmp_path,
                                                             monkeypatch):
+  monkeypatch.delenv('VDSR_GIT_COMMIT', raising=False)
   inside = reporting.git_state()
   assert len(inside['git_commit']) == 40
-  monkeypatch.delenv('VDSR_GIT_COMMIT', raising=False)
+  assert set(inside) == {'git_commit', 'git_dirty'}
   assert reporting.git_state(tmp_path) == {'git_commit': None,
                                            'git_dirty': None}
   monkeypatch.setenv('VDSR_GIT_COMMIT', 'a' * 40)
   assert reporting.git_state(tmp_path) == {'git_commit': 'a' * 40,
                                            'git_dirty': None}
-  # Inside a checkout git itself answers, whatever the variable says.
+  # Inside a checkout git itself answers; a commit named otherwise is kept
+  # beside its answer (a copy whose git metadata is older than its files).
+  assert reporting.git_state() == {**inside, 'named_commit': 'a' * 40}
+  monkeypatch.setenv('VDSR_GIT_COMMIT', inside['git_commit'])
   assert reporting.git_state() == inside
 
 

@@ -8,7 +8,9 @@
   "results": {"set5": {"2": {"psnr", "ssim"}, ...}}, "psnr": {"set5/x2": ...}}.
   Each start or resume adds {"kind": "session", "step", "time", "git_commit",
   "git_dirty", "conv", "platform", "devices", "processes"}: which code and
-  hardware trained each stretch of a run that spans several sessions.
+  hardware trained each stretch of a run that spans several sessions
+  (plus "named_commit" where $VDSR_GIT_COMMIT disagrees with git; see
+  `git_state`).
 * `workdir/tensorboard/`: the same scalars as TensorBoard events (written
   with tensorboardX; TensorFlow is not needed).
 * `workdir/curves.png`: loss and PSNR against step (`plot_curves`).
@@ -80,8 +82,12 @@ def git_state(path=None) -> Dict[str, Any]:
   a git checkout (an installed package, a copy of the files on another
   machine) or without git, the commit is $VDSR_GIT_COMMIT if set (whoever
   made the copy names it; whether it was modified is then unknown), else
-  None.
+  None. Inside a checkout git answers; if $VDSR_GIT_COMMIT names another
+  commit, it is kept too, as 'named_commit': a copy of the files can come
+  with git metadata older than the files themselves, and the record should
+  show that the two disagree rather than pick one.
   """
+  named = os.environ.get('VDSR_GIT_COMMIT') or None
   path = pathlib.Path(path or __file__).resolve()
   cwd = path if path.is_dir() else path.parent
   try:
@@ -91,9 +97,11 @@ def git_state(path=None) -> Dict[str, Any]:
                            cwd=cwd, check=True, capture_output=True,
                            text=True).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
-    return {'git_commit': os.environ.get('VDSR_GIT_COMMIT') or None,
-            'git_dirty': None}
-  return {'git_commit': sha, 'git_dirty': bool(dirty)}
+    return {'git_commit': named, 'git_dirty': None}
+  state = {'git_commit': sha, 'git_dirty': bool(dirty)}
+  if named and named != sha:
+    state['named_commit'] = named
+  return state
 
 
 def _summary_writer_class():

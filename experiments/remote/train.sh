@@ -31,9 +31,16 @@ if compgen -G "$BUNDLE/wheels/*.whl" > /dev/null; then
     --no-cache-dir --target "$site" "$BUNDLE"/wheels/*.whl || exit 1
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-# A copy of the repository without .git cannot name its commit itself.
+# A copy of the repository without .git cannot name its commit itself; one
+# with .git records git's answer, and the bundle's beside it where the two
+# differ (git metadata older than the files: see README.md).
 if [[ -z "${VDSR_GIT_COMMIT:-}" && -f "$BUNDLE/COMMIT" ]]; then
   export VDSR_GIT_COMMIT=$(cat "$BUNDLE/COMMIT")
+fi
+head=$(git rev-parse HEAD 2>/dev/null || true)
+if [[ -n "$head" && -n "${VDSR_GIT_COMMIT:-}" && "$head" != "$VDSR_GIT_COMMIT" ]]; then
+  echo "warning: git names commit $head here, the bundle $VDSR_GIT_COMMIT;" \
+    "both go into the run's session record" >&2
 fi
 if [[ -f "$BUNDLE/run.tgz" && ! -e "$workdir" ]]; then
   "$python" experiments/carry_run.py --unpack --archive="$BUNDLE/run.tgz" \
