@@ -1,5 +1,6 @@
 """Tests for vdsr_jax.train and experiments/train.py (tiny models, CPU)."""
 
+import csv
 import json
 import os
 import pathlib
@@ -16,6 +17,7 @@ import pytest
 from vdsr_jax import checkpointing
 from vdsr_jax import conv
 from vdsr_jax import image_io
+from vdsr_jax import image_ops
 from vdsr_jax import input_pipeline
 from vdsr_jax import reporting
 from vdsr_jax import train
@@ -689,6 +691,64 @@ def test_resume_reads_fields_missing_from_an_older_flags_file(tmp_path):
     train.check_resume(mixed, tmp_path, meta)
   assert train.check_resume(mixed, tmp_path, meta, True) == {
       'compute_dtype': ['float32', 'bfloat16']}
+
+
+def _flagfile_values(path: pathlib.Path) -> dict:
+  """{flag: value} of a flagfile, nested --flagfile= lines read in place."""
+  values = {}
+  for line in path.read_text().splitlines():
+    line = line.strip()
+    if not line.startswith('--'):
+      continue
+    name, _, value = line[2:].partition('=')
+    if name == 'flagfile':
+      values.update(_flagfile_values(REPO / value))
+    elif name.startswith('no') and not value:
+      values[name[2:]] = 'false'
+    else:
+      values[name] = value or 'true'
+  return values
+
+
+def _port_grid_patches(datasets_dir: pathlib.Path) -> int:
+  """Patches the port's data/generate_train.m cuts from the 291 images.
+
+  Each image downsized by 1, 0.7 and 0.5 (MATLAB's output size), then for
+  scales 2, 3, 4 modcropped and cut into 41x41 patches at stride 41; sizes
+  from IMAGE_INFO.tsv.
+  """
+  with open(datasets_dir / 'IMAGE_INFO.tsv') as f:
+    rows = [r for r in csv.DictReader(f, delimiter='\t')
+            if r['path'].startswith('train291/')]
+  assert len(rows) == 291
+  count = 0
+  for row in rows:
+    for factor in (1.0, 0.7, 0.5):
+      h = image_ops.output_size(int(row['height']), factor)
+      w = image_ops.output_size(int(row['width']), factor)
+      for s in (2, 3, 4):
+        rows_, cols = [max(0, (n - n % s - 41) // 41 + 1) for n in (h, w)]
+        count += rows_ * cols
+  return count
+
+
+@pytest.mark.parametrize('flagfile,variants', [
+    ('vdsr_pytorch_port.flags', 1),  # data/generate_train.m without flips
+    ('vdsr_pytorch_port_aug.flags', 12),  # 3 flips x 4 rotations
+])
+def test_port_flagfiles_count_the_ports_epochs(datasets_dir, flagfile,
+                                               variants):
+  """50 epochs of the port's patches in batches of 128 (the last batch of an
+  epoch partial), the lr divided by 10 every 10 epochs."""
+  values = _flagfile_values(REPO / 'experiments' / 'configs' / flagfile)
+  patches = _port_grid_patches(datasets_dir)
+  assert patches == 92_636
+  batches = -(-variants * patches // int(values['batch_size']))
+  assert values['batch_size'] == '128'
+  assert values['augment'] == ('true' if variants > 1 else 'false')
+  assert values['downscale_factors'] == '1.0,0.7,0.5'
+  assert int(values['total_steps']) == 50 * batches
+  assert int(values['decay_every']) == 10 * batches
 
 
 @pytest.mark.parametrize('flagfile,run', [
