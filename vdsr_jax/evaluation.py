@@ -10,7 +10,7 @@ For each HR image and scale s:
 
 import csv
 import functools
-from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,8 @@ BENCHMARKS = ('set5', 'set14', 'b100', 'urban100')
 SCALES = (2, 3, 4)
 
 Results = Dict[str, Dict[str, Dict[str, float]]]
+# (params, x) -> network output, for (N, H, W, 1) float32 inputs in [0, 1].
+Forward = Callable[[Any, np.ndarray], Any]
 
 
 def luminance_uint8(img: np.ndarray) -> np.ndarray:
@@ -59,9 +61,13 @@ def degrade(hr_y: np.ndarray, scale: int) -> Tuple[np.ndarray, np.ndarray]:
 
 def super_resolve_y(hr_y: np.ndarray, scale: int, method: str,
                     params: Any = None,
-                    bucket: Optional[int] = inference.DEFAULT_BUCKET
-                    ) -> np.ndarray:
-  """The uint8 prediction of `method` for the modcropped HR Y `hr_y`."""
+                    bucket: Optional[int] = inference.DEFAULT_BUCKET,
+                    forward: Optional[Forward] = None) -> np.ndarray:
+  """The uint8 prediction of `method` for the modcropped HR Y `hr_y`.
+
+  `forward` replaces `inference.network_forward` for 'vdsr' (e.g. a network
+  run in another arithmetic, to measure what that costs under the protocol).
+  """
   _, upscaled = degrade(hr_y, scale)
   if upscaled.shape != hr_y.shape:
     raise ValueError(f'HR size {hr_y.shape} is not a multiple of {scale}; '
@@ -69,18 +75,19 @@ def super_resolve_y(hr_y: np.ndarray, scale: int, method: str,
   if method == 'bicubic':
     return inference.to_uint8(upscaled)
   if method == 'vdsr':
-    out = inference.network_forward(params, upscaled[None, ..., None],
-                                    bucket=bucket)
-    return inference.to_uint8(out[0, ..., 0])
+    x = upscaled[None, ..., None]
+    out = (inference.network_forward(params, x, bucket=bucket)
+           if forward is None else forward(params, x))
+    return inference.to_uint8(np.asarray(out)[0, ..., 0])
   raise ValueError(f'Unknown method {method!r}; expected one of {METHODS}.')
 
 
 def score_image(hr: np.ndarray, scale: int, method: str, params: Any = None,
-                bucket: Optional[int] = inference.DEFAULT_BUCKET
-                ) -> Tuple[float, float]:
+                bucket: Optional[int] = inference.DEFAULT_BUCKET,
+                forward: Optional[Forward] = None) -> Tuple[float, float]:
   """(PSNR, SSIM) of one HR image under the paper's protocol."""
   hr_y = luminance_uint8(image_ops.modcrop(np.asarray(hr), scale))
-  pred = super_resolve_y(hr_y, scale, method, params, bucket)
+  pred = super_resolve_y(hr_y, scale, method, params, bucket, forward)
   return (metrics.psnr(pred, hr_y, border=scale),
           metrics.ssim(pred, hr_y, border=scale))
 
@@ -93,7 +100,8 @@ def evaluate(method: str = 'vdsr',
              tfds_dir: Optional[str] = None,
              bucket: Optional[int] = inference.DEFAULT_BUCKET,
              progress: bool = True,
-             images: Optional[Dict[str, Iterable[Any]]] = None) -> Results:
+             images: Optional[Dict[str, Iterable[Any]]] = None,
+             forward: Optional[Forward] = None) -> Results:
   """Scores `method` on benchmark datasets with the paper's protocol.
 
   Args:
@@ -107,6 +115,8 @@ def evaluate(method: str = 'vdsr',
     progress: show a progress bar.
     images: optional {dataset: iterable of HR uint8 images} used instead of
       loading the datasets (for tests and custom sets).
+    forward: optional (params, x) -> output run instead of the package's
+      network for 'vdsr' (`bucket` then unused).
 
   Returns:
     {dataset: {str(scale): {'psnr': mean dB, 'ssim': mean}}}.
@@ -132,7 +142,8 @@ def evaluate(method: str = 'vdsr',
       bar = tqdm.tqdm(hrs, desc=f'{method} {name} x{s}', disable=not progress,
                       leave=False)
       for hr in bar:
-        scores.append(score_image(hr, int(s), method, params, bucket))
+        scores.append(score_image(hr, int(s), method, params, bucket,
+                                  forward))
       p, q = np.mean(scores, axis=0)
       results[name][str(int(s))] = {'psnr': float(p), 'ssim': float(q)}
       if progress:  # Long runs: each cell as soon as it is known.
