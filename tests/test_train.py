@@ -429,12 +429,13 @@ def test_cli_bad_flags_one_line(tmp_path, args, expected, run_script):
 
 def _run_python_ok(code, timeout=120):
   """Runs `code` with this Python from the repo root (no PYTHONPATH, as a
-  user would); it must exit 0 and print OK."""
+  user would); it must exit 0 and print OK. Returns the CompletedProcess."""
   env = dict(os.environ)
   env.pop('PYTHONPATH', None)
   result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
   assert result.returncode == 0 and 'OK' in result.stdout, result.stderr
+  return result
 
 
 def test_flagfiles_parse_to_the_expected_configs():
@@ -693,21 +694,21 @@ def test_resume_reads_fields_missing_from_an_older_flags_file(tmp_path):
       'compute_dtype': ['float32', 'bfloat16']}
 
 
-def _flagfile_values(path: pathlib.Path) -> dict:
-  """{flag: value} of a flagfile, nested --flagfile= lines read in place."""
-  values = {}
-  for line in path.read_text().splitlines():
-    line = line.strip()
-    if not line.startswith('--'):
-      continue
-    name, _, value = line[2:].partition('=')
-    if name == 'flagfile':
-      values.update(_flagfile_values(REPO / value))
-    elif name.startswith('no') and not value:
-      values[name[2:]] = 'false'
-    else:
-      values[name] = value or 'true'
-  return values
+def _flagfile_flags(flagfile: str) -> dict:
+  """{flag: value string} of the TrainConfig that experiments/train.py
+  builds from experiments/configs/FLAGFILE (parsed by absl, in a fresh
+  Python so that this process's flags stay untouched)."""
+  code = textwrap.dedent('''
+      import sys
+      sys.path.insert(0, 'experiments')
+      import train as cli
+      from vdsr_jax import train
+      cli.FLAGS(['x', '--flagfile=experiments/configs/__FLAGFILE__',
+                 '--workdir=w'])
+      print(train.config_to_flags(cli.config_from_flags()))
+      print('OK')
+  ''').replace('__FLAGFILE__', flagfile)
+  return train.parse_flags_file(_run_python_ok(code).stdout)
 
 
 def _port_grid_patches(datasets_dir: pathlib.Path) -> int:
@@ -740,12 +741,12 @@ def test_port_flagfiles_count_the_ports_epochs(datasets_dir, flagfile,
                                                variants):
   """50 epochs of the port's patches in batches of 128 (the last batch of an
   epoch partial), the lr divided by 10 every 10 epochs."""
-  values = _flagfile_values(REPO / 'experiments' / 'configs' / flagfile)
+  values = _flagfile_flags(flagfile)
   patches = _port_grid_patches(datasets_dir)
   assert patches == 92_636
   batches = -(-variants * patches // int(values['batch_size']))
   assert values['batch_size'] == '128'
-  assert values['augment'] == ('true' if variants > 1 else 'false')
+  assert values['augment'] == ('True' if variants > 1 else 'False')
   assert values['downscale_factors'] == '1.0,0.7,0.5'
   assert int(values['total_steps']) == 50 * batches
   assert int(values['decay_every']) == 10 * batches
@@ -759,23 +760,12 @@ def test_port_flagfiles_count_the_ports_epochs(datasets_dir, flagfile,
 ])
 def test_trained_runs_match_their_flagfiles(flagfile, run):
   """experiments/results/RUN was trained with experiments/configs/FLAGFILE."""
-  code = textwrap.dedent('''
-      import sys
-      sys.path.insert(0, 'experiments')
-      import train as cli
-      from vdsr_jax import train
-      cli.FLAGS(['x', '--flagfile=experiments/configs/__FLAGFILE__',
-                 '--workdir=w'])
-      now = train.parse_flags_file(train.config_to_flags(
-          cli.config_from_flags()))
-      then = train.read_flags_file(
-          open('experiments/results/__RUN__/flags.txt').read())
-      differ = {k: (then.get(k), now.get(k)) for k in set(then) | set(now)
-                if k not in train.LOOP_FIELDS and then.get(k) != now.get(k)}
-      assert not differ, differ
-      print('OK')
-  ''').replace('__FLAGFILE__', flagfile).replace('__RUN__', run)
-  _run_python_ok(code)
+  now = _flagfile_flags(flagfile)
+  then = train.read_flags_file(
+      (REPO / 'experiments' / 'results' / run / 'flags.txt').read_text())
+  differ = {k: (then.get(k), now.get(k)) for k in set(then) | set(now)
+            if k not in train.LOOP_FIELDS and then.get(k) != now.get(k)}
+  assert not differ, differ
 
 
 def test_cli_sigterm_saves_and_exits_143(tmp_path):
