@@ -32,6 +32,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from vdsr_jax import atomic
 from vdsr_jax import evaluation
+from vdsr_jax import reporting
 from vdsr_jax import weights as weights_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -84,12 +85,10 @@ def rounded_forward(mantissa_bits: int):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
-  pairs = []
-  for item in _WEIGHTS.value:
-    name, sep, path = item.partition('=')
-    if not sep or not name or not path:
-      raise app.UsageError(f'--weights wants NAME=PATH pairs, got {item!r}.')
-    pairs.append((name, path))
+  try:
+    pairs = reporting.named_paths(_WEIGHTS.value, 'weights').items()
+  except ValueError as e:
+    raise app.UsageError(str(e))
   bits = [int(b) for b in _BITS.value]
   scales = [int(s) for s in _SCALES.value]
   results = {}

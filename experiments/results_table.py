@@ -20,7 +20,10 @@ try:
 except ImportError:
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from vdsr_jax import evaluation  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top
+from vdsr_jax import evaluation
+from vdsr_jax import reporting
+# pylint: enable=g-import-not-at-top
 
 _ROWS = flags.DEFINE_list('rows', [], 'label=path.json pairs, in order.')
 _PAPER = flags.DEFINE_string('paper_table', None,
@@ -37,12 +40,7 @@ def _cell(r):
 def parse_rows(items):
   """['label=path.json', ...] -> [(label, results)]; one clear error if bad."""
   rows = []
-  for item in items:
-    label, sep, path = item.partition('=')
-    if not sep or not label or not path:
-      raise ValueError(f'--rows takes LABEL=PATH pairs, got {item!r}.')
-    if label in (seen for seen, _ in rows):
-      raise ValueError(f'--rows names {label!r} twice.')
+  for label, path in reporting.named_paths(items, 'rows', 'LABEL').items():
     try:
       results = json.loads(pathlib.Path(path).read_text())
     except (OSError, ValueError) as e:

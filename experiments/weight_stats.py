@@ -61,24 +61,14 @@ def layer_stats(params: Mapping) -> Dict[str, Dict[str, float]]:
   return out
 
 
-def parse_weights(pairs) -> Dict[str, str]:
-  """['name=path', ...] -> {name: path}; one clear error if malformed."""
-  out = {}
-  for pair in pairs:
-    name, sep, path = pair.partition('=')
-    if not sep or not name or not path:
-      raise ValueError(f'--weights takes NAME=PATH pairs, got {pair!r}.')
-    if name in out:
-      raise ValueError(f'--weights names {name!r} twice.')
-    out[name] = path
-  return out
-
-
 def main(argv):
   del argv
-  from vdsr_jax import weights  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from vdsr_jax import reporting
+  from vdsr_jax import weights
+  # pylint: enable=g-import-not-at-top
   try:
-    paths = parse_weights(_WEIGHTS.value)
+    paths = reporting.named_paths(_WEIGHTS.value, 'weights')
   except ValueError as e:
     raise app.UsageError(str(e))
   loaded = {name: weights.load_params(path) for name, path in paths.items()}

@@ -84,3 +84,15 @@ def test_script_prints_and_writes_a_column_per_width(tmp_path, run_script,
       data_dir=datasets_dir)
   assert scores['tiny']['23']['set5']['2']['psnr'] == pytest.approx(
       reference['set5']['2']['psnr'], abs=1e-3)
+
+
+def test_script_rejects_a_name_given_twice(tmp_path, run_script):
+  path = tmp_path / 'tiny.npz'
+  weights.save_npz(_tiny_params(), path)
+  out = tmp_path / 'probe.json'
+  result = run_script('precision_probe.py', [
+      f'--weights=tiny={path},tiny={path}', f'--json_out={out}'])
+  assert result.returncode != 0
+  assert "--weights names 'tiny' twice" in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not out.exists()

@@ -1,6 +1,7 @@
-"""Tests for vdsr_jax.reporting's curves and summary table."""
+"""Tests for vdsr_jax.reporting: curves, summary table, named paths."""
 
 from PIL import Image
+import pytest
 
 from vdsr_jax import reporting
 
@@ -43,3 +44,13 @@ def test_summary_table_of_an_unevaluated_run_shows_its_last_loss():
   lines = reporting.summary_table(_train_records_at([100, 250])).splitlines()
   assert lines[0].split() == ['step', 'loss']
   assert lines[-1].split() == ['250', '4.000e-05']
+
+
+def test_named_paths_keeps_order_and_rejects_bad_or_repeated_names():
+  assert list(reporting.named_paths(['b=x.npz', 'a=y=z.npz'], 'weights')
+              .items()) == [('b', 'x.npz'), ('a', 'y=z.npz')]
+  for bad in (['x.npz'], ['=x.npz'], ['b=']):
+    with pytest.raises(ValueError, match=r'--weights takes NAME=PATH pairs'):
+      reporting.named_paths(bad, 'weights')
+  with pytest.raises(ValueError, match=r"--rows names 'b' twice"):
+    reporting.named_paths(['b=x.json', 'b=y.json'], 'rows', 'LABEL')

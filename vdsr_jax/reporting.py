@@ -75,6 +75,24 @@ def flat_psnr(results: Mapping[str, Mapping[str, Mapping[str, float]]]
           for s, r in by_scale.items()}
 
 
+def named_paths(items, flag: str, key: str = 'NAME') -> Dict[str, str]:
+  """['name=path', ...] (a list flag's value) -> {name: path}, in order.
+
+  For the scripts that compare several named weights or results side by
+  side. Raises one ValueError, naming `--flag`, for an item that is not
+  `key`=PATH or a name given twice (which would overwrite a column).
+  """
+  out = {}
+  for item in items:
+    name, sep, path = item.partition('=')
+    if not sep or not name or not path:
+      raise ValueError(f'--{flag} takes {key}=PATH pairs, got {item!r}.')
+    if name in out:
+      raise ValueError(f'--{flag} names {name!r} twice.')
+    out[name] = path
+  return out
+
+
 def git_state(path=None) -> Dict[str, Any]:
   """{'git_commit': sha or None, 'git_dirty': bool or None} of `path`'s repo.
 
