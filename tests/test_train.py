@@ -753,7 +753,8 @@ def test_port_flagfiles_count_the_ports_epochs(datasets_dir, flagfile,
 
 
 @pytest.mark.parametrize('flagfile,run', [
-    ('vdsr_paper_54k.flags', 'vdsr_291'),  # the shipped weights
+    ('vdsr_pytorch_port_aug_48k.flags', 'vdsr_port_aug_48k'),  # shipped
+    ('vdsr_paper_54k.flags', 'vdsr_291'),
     ('vdsr_paper_36k.flags', 'vdsr_291_36k'),
     ('vdsr_pytorch_port.flags', 'vdsr_port'),
     ('vdsr_pytorch_port_aug.flags', 'vdsr_port_aug'),  # in progress, carried

@@ -196,8 +196,10 @@ def load_pretrained() -> Params:
   """Returns the VDSR weights shipped inside the package (checksum verified).
 
   vdsr_jax's own multi-scale model (x2/x3/x4), trained on the 291 images
-  with the paper recipe; `pretrained/vdsr_291.json` names its flagfile, run,
-  commit and scores (see the README's results table).
+  with the PyTorch port's recipe on rotated/flipped patches
+  (`experiments/configs/vdsr_pytorch_port_aug_48k.flags`);
+  `pretrained/vdsr_291.json` names its flagfile, run, commits and scores
+  (see the README's results table).
   """
   if not PRETRAINED_PATH.exists():
     raise WeightsError(
