@@ -111,8 +111,16 @@ def test_shipped_weights_match_their_record():
   info = json.loads(weights.PRETRAINED_PATH.with_suffix('.json').read_text())
   digest = hashlib.sha256(weights.PRETRAINED_PATH.read_bytes()).hexdigest()
   assert info['file_sha256'] == digest
-  run = pathlib.Path(__file__).resolve().parents[1] / info['run']
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  run = repo / info['run']
   assert (run / 'metrics.jsonl').exists() and (run / 'flags.txt').exists()
+  # The scores it quotes are its evaluation's, rounded.
+  scores = json.loads((repo / info['evaluation']).read_text())
+  for metric, digits in (('psnr', 3), ('ssim', 4)):
+    assert info[metric] == {
+        dataset: {scale: round(cell[metric], digits)
+                  for scale, cell in cells.items()}
+        for dataset, cells in scores.items()}, metric
 
 
 def test_missing_shipped_weights_is_one_clear_error(tmp_path, monkeypatch):
