@@ -114,6 +114,7 @@ def test_smoke_run_writes_everything(tmp_path):
   assert len(sessions[0]['git_commit']) == 40
   assert sessions[0]['conv'] == conv.resolve_method(8, 8)
   assert sessions[0]['devices'] == 1 and sessions[0]['processes'] == 1
+  assert sessions[0]['device_kind'] == jax.devices()[0].device_kind
 
   assert (tmp_path / 'curves.png').stat().st_size > 0
   assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))

@@ -7,9 +7,9 @@
   finished updates. Evaluation records: {"kind": "eval", "step", "time",
   "results": {"set5": {"2": {"psnr", "ssim"}, ...}}, "psnr": {"set5/x2": ...}}.
   Each start or resume adds {"kind": "session", "step", "time", "git_commit",
-  "git_dirty", "conv", "platform", "devices", "processes"}: which code and
-  hardware trained each stretch of a run that spans several sessions
-  (plus "named_commit" where $VDSR_GIT_COMMIT disagrees with git; see
+  "git_dirty", "conv", "platform", "device_kind", "devices", "processes"}:
+  which code and hardware trained each stretch of a run that spans several
+  sessions (plus "named_commit" where $VDSR_GIT_COMMIT disagrees with git; see
   `git_state`).
 * `workdir/tensorboard/`: the same scalars as TensorBoard events (written
   with tensorboardX; TensorFlow is not needed).

@@ -752,6 +752,7 @@ class _Run:
     self.reporter.write_session(start, {
         'conv': conv.resolve_method(config.features, config.features),
         'platform': platform,
+        'device_kind': mesh.devices.flat[0].device_kind,
         'input_workers': workers,
         'devices': int(mesh.devices.size),
         'processes': jax.process_count(),
