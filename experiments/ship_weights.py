@@ -1,0 +1,263 @@
+r"""Ships a finished training run's weights as the package's pretrained model.
+
+  python experiments/ship_weights.py \
+      --params=/path/to/workdir/params.npz \
+      --run=experiments/results/vdsr_port_aug_48k \
+      --recipe="experiments/configs/vdsr_pytorch_port_aug_48k.flags (...)" \
+      --hardware="steps 0-39,247 one NVIDIA H200; ..." \
+      --note="Below the paper in every cell ..."
+
+Writes `vdsr_jax/pretrained/vdsr_291.npz` (the weights) and its record
+`vdsr_291.json` beside it. Everything the record says that the run's folder
+knows is read from it, not typed: the checksum, the step count and batch size
+(`flags.txt`, `metrics.jsonl`), the commits of its sessions, and the PSNR/SSIM
+of its evaluation (`eval.json`, written by
+`evaluate.py --method=vdsr --weights=<params> --json_out=<run>/eval.json`).
+Only the prose (recipe, hardware, note) comes from flags.
+
+Before writing anything it checks that the run finished (its last step is
+`--total_steps`), that `eval.json` scores every benchmark at every trained
+scale, and that it belongs to these weights: `--verify_datasets` are scored
+again and must agree with `eval.json` within `--tolerance_db`. Any failure is
+one error and leaves the shipped files as they were.
+"""
+
+import hashlib
+import json
+import pathlib
+import sys
+import tempfile
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+from absl import app
+from absl import flags
+
+try:
+  import vdsr_jax  # pylint: disable=unused-import
+except ImportError:  # Running from a checkout without `pip install -e .`.
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from vdsr_jax import atomic  # pylint: disable=g-import-not-at-top
+from vdsr_jax import evaluation
+from vdsr_jax import reporting
+from vdsr_jax import train
+from vdsr_jax import weights as weights_lib
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+EVAL_FILE = 'eval.json'
+COMMIT_NOTES_FILE = 'TRAINED_FROM_COMMIT'
+
+_PARAMS = flags.DEFINE_string(
+    'params', None, "The run's final weights: the params.npz train.py "
+    'exports, or its workdir / an orbax checkpoint.')
+_RUN = flags.DEFINE_string(
+    'run', None, "The run's folder in the repository (experiments/results/"
+    '<name>): flags.txt, metrics.jsonl and eval.json.')
+_RECIPE = flags.DEFINE_string('recipe', None,
+                              'The flagfile and, in words, what it trains.')
+_HARDWARE = flags.DEFINE_string(
+    'hardware', None, 'Which machines trained which steps, and for how long.')
+_NOTE = flags.DEFINE_string('note', None,
+                            'How the scores compare (paper, earlier weights).')
+_OUT = flags.DEFINE_string(
+    'out', str(weights_lib.PRETRAINED_PATH),
+    'The .npz to write; the record goes beside it with a .json suffix.')
+_VERIFY = flags.DEFINE_list(
+    'verify_datasets', ['set5'],
+    'Benchmarks scored again to check that eval.json is these weights\'.')
+_TOLERANCE = flags.DEFINE_float(
+    'tolerance_db', 0.002, 'Largest PSNR difference (dB) per cell allowed '
+    'between the re-scored datasets and eval.json (machines round '
+    'differently; another checkpoint of the run differs by more).')
+_DATA_DIR = flags.DEFINE_string(
+    'data_dir', None, 'Folder holding the benchmarks (default: '
+    '$VDSR_DATA_DIR, else ../shared/datasets).')
+_TFDS_DIR = flags.DEFINE_string(
+    'tfds_dir', None, 'Where TFDS keeps prepared datasets (default: '
+    '$TFDS_DATA_DIR or ~/tensorflow_datasets).')
+
+
+class ShipError(ValueError):
+  """The run cannot be shipped as it is (unfinished, unscored, mismatched)."""
+
+
+def _relative(path: pathlib.Path) -> str:
+  """`path` relative to the repository if inside it, else as given."""
+  try:
+    return str(path.resolve().relative_to(REPO_ROOT))
+  except ValueError:
+    return str(path)
+
+
+def _read_run(run: pathlib.Path):
+  """(flags, records, eval results) of a run folder, or ShipError."""
+  missing = [n for n in (train.FLAGS_FILE, reporting.METRICS_FILE, EVAL_FILE)
+             if not (run / n).is_file()]
+  if missing:
+    raise ShipError(
+        f'{run} lacks {", ".join(missing)}; a run folder needs flags.txt and '
+        'metrics.jsonl (copied from the workdir) and eval.json (evaluate.py '
+        '--method=vdsr --weights=<params> --json_out=<run>/eval.json).')
+  run_flags = train.read_flags_file((run / train.FLAGS_FILE).read_text())
+  records = reporting.read_metrics(run / reporting.METRICS_FILE)
+  try:
+    scores = json.loads((run / EVAL_FILE).read_text())
+  except json.JSONDecodeError as e:
+    raise ShipError(f'{run / EVAL_FILE} is not JSON ({e}).') from None
+  return run_flags, records, scores
+
+
+def _commits(records: Sequence[Mapping[str, Any]]) -> str:
+  """The sessions' commits, in order, each once (dirty trees marked)."""
+  seen = []
+  for r in records:
+    if r.get('kind') != 'session':
+      continue
+    commit = str(r.get('git_commit') or 'unknown')[:7]
+    if r.get('git_dirty'):
+      commit += ' (uncommitted changes)'
+    if commit not in seen:
+      seen.append(commit)
+  sessions = sum(r.get('kind') == 'session' for r in records)
+  return f'{", ".join(seen)} ({sessions} sessions)'
+
+
+def build_record(npz_bytes: bytes, run: pathlib.Path, *, file_name: str,
+                 recipe: str, hardware: str, note: str) -> Dict[str, Any]:
+  """The JSON record of shipped weights, derived from their run's folder.
+
+  Args:
+    npz_bytes: the shipped file's contents (its sha256 goes in the record).
+    run: the run's folder (flags.txt, metrics.jsonl, eval.json).
+    file_name: the shipped file's name.
+    recipe, hardware, note: prose the folder cannot tell.
+
+  Returns:
+    The record, as `vdsr_jax/pretrained/vdsr_291.json` holds it.
+
+  Raises:
+    ShipError: the run is unfinished or its evaluation is incomplete.
+  """
+  run_flags, records, scores = _read_run(run)
+  total = int(run_flags['total_steps'])
+  steps = [int(r['step']) for r in records if r.get('kind') == 'train']
+  if not steps or max(steps) != total:
+    raise ShipError(
+        f'{run}: the run is not finished: its metrics end at step '
+        f'{max(steps) if steps else 0} of --total_steps={total}.')
+  scales = [int(s) for s in run_flags['scales'].split(',')]
+  missing = [f'{d} x{s}' for d in evaluation.BENCHMARKS for s in scales
+             if str(s) not in scores.get(d, {})]
+  if missing:
+    raise ShipError(f'{run / EVAL_FILE} lacks {", ".join(missing)}; score '
+                    'every benchmark at every trained scale.')
+  cells = [(d, str(s)) for d in evaluation.BENCHMARKS for s in scales]
+  psnr_mean = sum(scores[d][s]['psnr'] for d, s in cells) / len(cells)
+  commits = _commits(records)
+  if (run / COMMIT_NOTES_FILE).is_file():
+    commits += f'; see {_relative(run / COMMIT_NOTES_FILE)}'
+  return {
+      'file': file_name,
+      'file_sha256': hashlib.sha256(npz_bytes).hexdigest(),
+      'run': _relative(run),
+      'recipe': recipe,
+      'steps': total,
+      'batch_size': int(run_flags['batch_size']),
+      'trained_from_commit': commits,
+      'hardware': hardware,
+      'scales': scales,
+      'evaluation': _relative(run / EVAL_FILE),
+      'psnr': {d: {str(s): round(scores[d][str(s)]['psnr'], 3)
+                   for s in scales} for d in evaluation.BENCHMARKS},
+      'ssim': {d: {str(s): round(scores[d][str(s)]['ssim'], 4)
+                   for s in scales} for d in evaluation.BENCHMARKS},
+      'psnr_mean': round(psnr_mean, 3),
+      'note': note,
+  }
+
+
+def verify_scores(params: Any, scores: Mapping[str, Any],
+                  datasets: Sequence[str], tolerance_db: float,
+                  data_dir: Optional[str] = None,
+                  tfds_dir: Optional[str] = None) -> float:
+  """Re-scores `datasets` with `params`; ShipError if eval.json disagrees.
+
+  Returns the largest PSNR difference found (dB).
+  """
+  largest = 0.0
+  for name in datasets:
+    if name not in scores:
+      raise ShipError(f'eval.json has no {name} to verify against.')
+    scales = [int(s) for s in scores[name]]
+    again = evaluation.evaluate('vdsr', params, [name], scales,
+                                data_dir=data_dir, tfds_dir=tfds_dir,
+                                progress=False)[name]
+    for s, cell in again.items():
+      diff = cell['psnr'] - scores[name][s]['psnr']
+      largest = max(largest, abs(diff))
+      if abs(diff) > tolerance_db:
+        raise ShipError(
+            f'eval.json does not belong to these weights: {name} x{s} scores '
+            f'{cell["psnr"]:.4f} dB now, eval.json says '
+            f'{scores[name][s]["psnr"]:.4f} (allowed difference '
+            f'{tolerance_db} dB). Evaluate the weights being shipped.')
+  return largest
+
+
+def _load(path: pathlib.Path):
+  """(params, bytes to ship) of train.py's output: its .npz, or a checkpoint."""
+  if not (path.is_dir() or path.suffix.lower() == '.npz'):
+    raise ShipError(f'--params must be what train.py wrote (its params.npz, '
+                    f'or its workdir / an orbax checkpoint), got {path}.')
+  params = weights_lib.load_params(path)  # verifies an .npz's checksum
+  if path.is_file():
+    return params, path.read_bytes()
+  with tempfile.TemporaryDirectory() as tmp:
+    export = pathlib.Path(tmp) / 'params.npz'
+    weights_lib.save_npz(params, export)
+    return params, export.read_bytes()
+
+
+def _fail(message: str) -> None:
+  print(f'ship_weights.py: error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def main(argv):
+  if len(argv) > 1:
+    _fail(f'unexpected arguments {argv[1:]}')
+  for flag in (_PARAMS, _RUN, _RECIPE, _HARDWARE, _NOTE):
+    if not flag.value:
+      _fail(f'--{flag.name} is required.')
+  if not _VERIFY.value:
+    _fail('--verify_datasets must name at least one benchmark: the check '
+          'that eval.json scores these weights is not optional.')
+  out = pathlib.Path(_OUT.value)
+  if out.suffix != '.npz':
+    _fail(f'--out must name a .npz file, got {out}.')
+  run = pathlib.Path(_RUN.value)
+  try:
+    params_path = pathlib.Path(_PARAMS.value)
+    params, npz_bytes = _load(params_path)
+    record = build_record(npz_bytes, run, file_name=out.name,
+                          recipe=_RECIPE.value, hardware=_HARDWARE.value,
+                          note=_NOTE.value)
+    scores = json.loads((run / EVAL_FILE).read_text())
+    largest = verify_scores(params, scores, _VERIFY.value, _TOLERANCE.value,
+                            _DATA_DIR.value, _TFDS_DIR.value)
+  except ValueError as e:  # ShipError, WeightsError, DatasetError.
+    _fail(str(e))
+  print(f'{", ".join(_VERIFY.value)} re-scored: largest PSNR difference from '
+        f'eval.json {largest:.2g} dB.')
+  with atomic.write(out) as f:
+    f.write(npz_bytes)
+  with atomic.write(out.with_suffix('.json'), 'w') as f:
+    json.dump(record, f, indent=2)
+    f.write('\n')
+  print(f'Wrote {out} and {out.with_suffix(".json")}: {record["steps"]} '
+        f'steps, mean PSNR {record["psnr_mean"]:.3f} dB over '
+        f'{4 * len(record["scales"])} cells.')
+
+
+if __name__ == '__main__':
+  app.run(main)
