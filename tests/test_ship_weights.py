@@ -27,8 +27,8 @@ def ship_weights():
 
 
 def _tiny_params(seed):
-  model = models.VDSR(depth=3, features=4)
-  return model.init(jax.random.PRNGKey(seed), np.zeros((1, 8, 8, 1)))['params']
+  return models.init_params(jax.random.PRNGKey(seed),
+                            models.VDSR(depth=3, features=4), 9)
 
 
 def _session(commit, dirty=False):
@@ -78,16 +78,25 @@ def _args(params_path, run, out, tfds_dir, datasets_dir):
           f'--tfds_dir={tfds_dir}', f'--data_dir={datasets_dir}']
 
 
-def test_ships_the_weights_with_a_derived_record(scored, tmp_path,
+@pytest.mark.parametrize('source', ['npz', 'workdir'])
+def test_ships_the_weights_with_a_derived_record(source, scored, tmp_path,
                                                  datasets_dir, run_script):
   params, set5, tfds_dir = scored
-  weights.save_npz(params, tmp_path / 'params.npz')
+  if source == 'npz':  # train.py's export: shipped byte for byte
+    given = tmp_path / 'params.npz'
+    weights.save_npz(params, given)
+  else:  # a workdir's newest orbax checkpoint: exported to .npz
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    given = tmp_path / 'workdir'
+    ocp.PyTreeCheckpointer().save(given / 'checkpoints' / '10' / 'state',
+                                  {'params': params})
   run = _make_run(tmp_path / 'run', set5)
   out = tmp_path / 'pkg' / 'tiny.npz'
   proc = run_script('ship_weights.py', _args(
-      tmp_path / 'params.npz', run, out, tfds_dir, datasets_dir))
+      given, run, out, tfds_dir, datasets_dir))
   assert proc.returncode == 0, proc.stderr
-  assert out.read_bytes() == (tmp_path / 'params.npz').read_bytes()
+  if source == 'npz':
+    assert out.read_bytes() == given.read_bytes()
   record = json.loads(out.with_suffix('.json').read_text())
   assert record['file'] == 'tiny.npz'
   assert record['file_sha256'] == hashlib.sha256(out.read_bytes()).hexdigest()
