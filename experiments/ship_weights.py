@@ -66,9 +66,10 @@ _VERIFY = flags.DEFINE_list(
     'verify_datasets', ['set5'],
     'Benchmarks scored again to check that eval.json is these weights\'.')
 _TOLERANCE = flags.DEFINE_float(
-    'tolerance_db', 0.002, 'Largest PSNR difference (dB) per cell allowed '
-    'between the re-scored datasets and eval.json (machines round '
-    'differently; another checkpoint of the run differs by more).')
+    'tolerance_db', 0.005, 'Largest PSNR difference (dB) per cell allowed '
+    'between the re-scored datasets and eval.json. Machines differ by up to '
+    '~0.003 dB (a GPU\'s TF32 against this CPU); the shipped run\'s '
+    'checkpoint 500 steps before its end differs by 0.017 dB on Set5 x2.')
 _DATA_DIR = flags.DEFINE_string(
     'data_dir', None, 'Folder holding the benchmarks (default: '
     '$VDSR_DATA_DIR, else ../shared/datasets).')
@@ -104,6 +105,10 @@ def _read_run(run: pathlib.Path):
     scores = json.loads((run / EVAL_FILE).read_text())
   except json.JSONDecodeError as e:
     raise ShipError(f'{run / EVAL_FILE} is not JSON ({e}).') from None
+  if not isinstance(scores, dict) or not all(
+      isinstance(cells, dict) for cells in scores.values()):
+    raise ShipError(f'{run / EVAL_FILE} is not what evaluate.py --json_out '
+                    'writes ({"set5": {"2": {"psnr": ..., "ssim": ...}}}).')
   return run_flags, records, scores
 
 
@@ -146,8 +151,10 @@ def build_record(npz_bytes: bytes, run: pathlib.Path, *, file_name: str,
         f'{run}: the run is not finished: its metrics end at step '
         f'{max(steps) if steps else 0} of --total_steps={total}.')
   scales = [int(s) for s in run_flags['scales'].split(',')]
+  def scored(cell):
+    return isinstance(cell, dict) and {'psnr', 'ssim'} <= set(cell)
   missing = [f'{d} x{s}' for d in evaluation.BENCHMARKS for s in scales
-             if str(s) not in scores.get(d, {})]
+             if not scored(scores.get(d, {}).get(str(s)))]
   if missing:
     raise ShipError(f'{run / EVAL_FILE} lacks {", ".join(missing)}; score '
                     'every benchmark at every trained scale.')

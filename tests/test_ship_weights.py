@@ -148,6 +148,10 @@ def test_refuses_unfinished_runs_and_incomplete_evaluations(ship_weights,
   with pytest.raises(ship_weights.ShipError, match='lacks urban100 x3'):
     ship_weights.build_record(b'', partial, file_name='x.npz', recipe='',
                               hardware='', note='')
+  (partial / 'eval.json').write_text('[37.5, 33.6]')
+  with pytest.raises(ship_weights.ShipError, match='not what evaluate.py'):
+    ship_weights.build_record(b'', partial, file_name='x.npz', recipe='',
+                              hardware='', note='')
 
 
 def test_refuses_weights_that_are_not_a_training_output(run_script, tmp_path,
