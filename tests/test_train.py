@@ -19,6 +19,7 @@ from vdsr_jax import conv
 from vdsr_jax import image_io
 from vdsr_jax import image_ops
 from vdsr_jax import input_pipeline
+from vdsr_jax import optimizers
 from vdsr_jax import reporting
 from vdsr_jax import train
 from vdsr_jax import weights
@@ -751,6 +752,34 @@ def test_port_flagfiles_count_the_ports_epochs(datasets_dir, flagfile,
   assert values['downscale_factors'] == '1.0,0.7,0.5'
   assert int(values['total_steps']) == 50 * batches
   assert int(values['decay_every']) == 10 * batches
+
+
+@pytest.mark.parametrize('flagfile,shared_until', [
+    ('vdsr_pytorch_port_aug_48k.flags', 45_100),
+    ('vdsr_pytorch_port_aug_100k.flags', 97_000),
+])
+def test_port_forks_repeat_the_full_runs_updates(flagfile, shared_until):
+  """A cut-down schedule forked from vdsr_port_aug/'s carried checkpoint
+  trains exactly as the full run until `shared_until` (its own second decay,
+  or its first where it decays early), so that checkpoint may start it."""
+  fork, full = (_flagfile_flags(f) for f in (
+      flagfile, 'vdsr_pytorch_port_aug.flags'))
+  schedule = ('total_steps', 'decay_every', 'decay_boundaries')
+  differ = {k for k in set(fork) | set(full) if fork.get(k) != full.get(k)}
+  assert differ <= set(schedule) | set(train.LOOP_FIELDS), differ
+
+  def decays_before(values):
+    """How many decays have happened at steps 0..shared_until."""
+    boundaries = optimizers.decay_boundaries(
+        int(values['total_steps']), int(values['decay_every']),
+        [int(b) for b in values['decay_boundaries'].split(',') if b])
+    return np.searchsorted(boundaries, np.arange(shared_until + 1),
+                           side='right')
+
+  steps_fork, steps_full = decays_before(fork), decays_before(full)
+  # Same learning rate at every step before shared_until, not after it.
+  assert np.array_equal(steps_fork[:-1], steps_full[:-1])
+  assert steps_fork[-1] != steps_full[-1]
 
 
 @pytest.mark.parametrize('flagfile,run', [
