@@ -19,7 +19,8 @@ has passed since the run started, it saves a checkpoint and exits with status
   until python experiments/train.py --flagfile=... --time_limit=50m; do
     [ $? -eq 75 ] || exit 1; done
 
-trains to the end in 50-minute pieces.
+trains to the end in 50-minute pieces. --stop_at_step=N does the same at an
+exact step (the checkpoint where another schedule forks from this run).
 """
 
 import logging as std_logging
@@ -183,6 +184,11 @@ flags.DEFINE_string('time_limit', '0',
                     '2.5h; a plain number is seconds; 0: no limit): save a '
                     'checkpoint and exit with status 75; the same command '
                     'continues.')
+flags.DEFINE_integer('stop_at_step', _D.stop_at_step,
+                     'Once this step is done, save a checkpoint and exit '
+                     'with status 75 (0: never): a run stopped at an exact '
+                     'step, e.g. where another schedule forks from it. Run '
+                     'without it (or with a later step) to continue.')
 
 # Multi-host.
 flags.DEFINE_string('coordinator_address', None,

@@ -240,6 +240,23 @@ def test_time_limit_stops_with_a_checkpoint_and_continues_exactly(tmp_path):
   _assert_same_params(straight['params'], again['params'])
 
 
+def test_stop_at_step_saves_that_step_and_the_run_continues_exactly(
+    tmp_path):
+  straight = run_tiny(tmp_path / 'straight')
+  workdir = tmp_path / 'stopped'
+  with pytest.raises(train.TimeLimitReached, match='--stop_at_step') as e:
+    run_tiny(workdir, stop_at_step=4)
+  assert e.value.step == 4
+  assert checkpointing.find_step_dir(workdir).name == '4'
+  assert [r['step'] for r in _train_records(workdir)] == [1, 2, 3, 4]
+  # The same step again would train nothing: one clear error instead.
+  with pytest.raises(train.ConfigError, match='at step 4 already'):
+    run_tiny(workdir, stop_at_step=4)
+  resumed = run_tiny(workdir)  # a loop flag: dropping it is no change
+  assert resumed['step'] == 6
+  _assert_same_params(straight['params'], resumed['params'])
+
+
 def test_parse_duration():
   # experiments/train.py defines absl flags: import it in its own Python,
   # like the other tests of that file.
@@ -388,6 +405,8 @@ def test_architecture_mismatch_on_resume(tmp_path):
     (dict(decay_biases=True, train_biases=False), '--notrain_biases'),
     (dict(loss='l1'), '--loss'),
     (dict(init_fan='fan_avg'), '--init_fan'),
+    (dict(stop_at_step=6), '--stop_at_step'),  # total_steps is 6
+    (dict(stop_at_step=-1), '--stop_at_step'),
 ])
 def test_config_rejects_impossible_values(overrides, match):
   with pytest.raises(train.ConfigError, match=match):

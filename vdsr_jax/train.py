@@ -65,7 +65,7 @@ ARCHITECTURE = ('depth', 'features', 'residual')
 LOOP_FIELDS = ('data_dir', 'tfds_dir', 'train_images_dir', 'eval_images_dir',
                'prefetch', 'input_workers', 'log_every', 'checkpoint_every',
                'keep_checkpoints', 'eval_every', 'eval_scales', 'progress',
-               'time_limit',
+               'time_limit', 'stop_at_step',
                'coordinator_address', 'num_processes', 'process_id')
 FLAGS_FILE = 'flags.txt'
 PARAMS_FILE = 'params.npz'
@@ -80,7 +80,8 @@ class TrainingError(RuntimeError):
 
 
 class TimeLimitReached(Exception):
-  """`time_limit` ran out: training stopped after saving a checkpoint.
+  """`time_limit` ran out (or `stop_at_step` was reached): training stopped
+  after saving a checkpoint.
 
   Rerunning the same command continues the run (exactly, like a resume after
   Ctrl-C); `experiments/train.py` exits with status 75 (EX_TEMPFAIL: try
@@ -154,6 +155,7 @@ class TrainConfig:
   eval_scales: Tuple[int, ...] = (2, 3, 4)
   progress: bool = True
   time_limit: float = 0.0  # seconds of this process's work; 0: none
+  stop_at_step: int = 0  # save and stop after this step; 0: none
   # Multi-host (all unset: a single process).
   coordinator_address: Optional[str] = None
   num_processes: Optional[int] = None
@@ -245,6 +247,10 @@ def _problems(c: TrainConfig):
     if not (isinstance(v, (int, float)) and not isinstance(v, bool)
             and math.isfinite(v) and v >= 0):
       yield f'--{name} must be a finite number >= 0, got {v!r}.'
+  if not _is_int(c.stop_at_step) or not (
+      c.stop_at_step == 0 or 1 <= c.stop_at_step < c.total_steps):
+    yield (f'--stop_at_step must be 0 (none) or a step in [1, '
+           f'--total_steps), got {c.stop_at_step!r}.')
   for b in c.decay_boundaries:
     if not _is_int(b) or b < 1:
       yield ('--decay_boundaries must be step numbers >= 1, got '
@@ -652,6 +658,10 @@ class _OutOfTime(Exception):
   """The loop's way out when `time_limit` has passed."""
 
 
+class _StopAtStep(Exception):
+  """The loop's way out after step `stop_at_step`."""
+
+
 class _Metrics:
   """Step metrics: fetched lazily, checked for finiteness, averaged to log."""
 
@@ -825,6 +835,8 @@ class _Run:
       if (self.evaluating and not final and c.eval_every
           and done % c.eval_every == 0):
         self.evaluate(done)
+      if done == c.stop_at_step:  # every process at the same step
+        raise _StopAtStep
       if not single and not final and done % c.log_every == 0:
         signum, out_of_time = _stop_anywhere(stop.signal_number,
                                              self._out_of_time())
@@ -873,6 +885,14 @@ class _Run:
           f'{step} of {self.config.total_steps}: checkpoint saved in '
           f'{checkpointing.checkpoint_dir(self.workdir)}; run the same '
           'command to continue.', step) from None
+    except _StopAtStep:
+      step = self._save_before_stopping()
+      raise TimeLimitReached(
+          f'Stopped at step {step} of {self.config.total_steps} as '
+          f'--stop_at_step asked: checkpoint saved in '
+          f'{checkpointing.checkpoint_dir(self.workdir)}; run the command '
+          'without --stop_at_step (or with a later step) to continue.',
+          step) from None
     except KeyboardInterrupt:
       signum = stop.signal_number or signal.SIGINT
       if any(x.is_deleted() for x in jax.tree.leaves(self.state)):
@@ -987,6 +1007,10 @@ def train_and_evaluate(config: TrainConfig, workdir, *,
     state = TrainState.from_dict(restored[0])
     start = int(restored[1].get('next_step', int(jax.device_get(state.step))))
     logging.info('Resuming from the checkpoint at step %d.', start)
+  if config.stop_at_step and start >= config.stop_at_step:
+    raise ConfigError(
+        f'--stop_at_step={config.stop_at_step}, but the run in {workdir} is '
+        f'at step {start} already; give a later step, or none to continue.')
 
   step_fn = make_train_step(config, model, tx, schedule, mesh)
   run = _Run(config, workdir, mesh, manager, state, start, step_fn,
