@@ -959,7 +959,8 @@ def train_and_evaluate(config: TrainConfig, workdir, *,
     TrainingError: a non-finite loss; the last checkpoint stays as it was.
     TrainingInterrupted: Ctrl-C or SIGTERM; a checkpoint was saved first.
     TimeLimitReached: `config.time_limit` seconds (counted from this call)
-      passed before the end; a checkpoint was saved first.
+      passed before the end, or step `config.stop_at_step` was done; a
+      checkpoint was saved first.
   """
   started = time.monotonic()
   initialize_distributed(config)
