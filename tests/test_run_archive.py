@@ -214,3 +214,49 @@ def test_remote_train_script_stops_packs_and_continues(tmp_path):
              for r in sessions)
   assert all(r['named_commit'] == 'b' * 40 for r in sessions)
   assert 'warning: git names commit' in first.stderr
+
+
+def test_remote_train_script_forks_at_a_step_in_one_workdir(tmp_path):
+  """The device flow of experiments/remote/README.md: one schedule stopped
+  at an exact step (its archive kept), then a fork of it continued in the
+  same workdir with its own flagfile."""
+  from test_train import _write_pngs  # pylint: disable=g-import-not-at-top
+  from test_train import synthetic_images  # pylint: disable=g-import-not-at-top
+  bundle = tmp_path / 'bundle'
+  bundle.mkdir()
+  _write_pngs(bundle / 'train', synthetic_images())
+  _write_pngs(bundle / 'set5', synthetic_images(n=2, seed=1))
+  tiny = ('--depth=3\n--features=8\n--patch_size=17\n--batch_size=8\n'
+          '--log_every=1\n--checkpoint_every=1\n--eval_every=0\n'
+          '--eval_scales=2\n')
+  full = tmp_path / 'full.flags'
+  full.write_text(tiny + '--total_steps=8\n--decay_every=4\n')
+  fork = tmp_path / 'fork.flags'
+  fork.write_text(tiny + '--total_steps=5\n--decay_boundaries=4\n')
+  script = REPO_ROOT / 'experiments' / 'remote' / 'train.sh'
+
+  def run(out, flagfile, *flags):
+    env = dict(os.environ, BUNDLE=str(bundle), OUT=str(out),
+               WORKDIR=str(tmp_path / 'w'), PYTHON=sys.executable)
+    env.pop('PYTHONPATH', None)
+    return subprocess.run(['bash', str(script), str(flagfile), *flags],
+                          env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+
+  first = run(tmp_path / 'full', full, '--stop_at_step=4')
+  assert first.returncode == 75, first.stderr
+  assert 'as --stop_at_step asked' in first.stderr
+  second = run(tmp_path / 'fork', fork, '--allow_config_change')
+  assert second.returncode == 0, second.stderr
+  # The full schedule's archive holds step 4, to be continued later.
+  info = run_archive.unpack(tmp_path / 'full' / 'run.tgz', tmp_path / 'again')
+  assert info['step'] == 4
+  records = [json.loads(line) for line in
+             (tmp_path / 'fork' / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in records if r['kind'] == 'train'] == [
+      1, 2, 3, 4, 5]
+  sessions = [r for r in records if r['kind'] == 'session']
+  assert [r['step'] for r in sessions] == [0, 4]
+  assert set(sessions[1]['changed_flags']) == {'total_steps', 'decay_every',
+                                               'decay_boundaries'}
+  assert (tmp_path / 'fork' / 'params.npz').exists()
