@@ -167,37 +167,45 @@ def test_cli(tmp_path, run_script):
   assert 'exactly one of --pack and --unpack' in result.stderr
 
 
+def _bundle(path: pathlib.Path) -> pathlib.Path:
+  """A make_bundle.sh-like folder of synthetic training and Set5 images."""
+  from test_train import _write_pngs  # pylint: disable=g-import-not-at-top
+  from test_train import synthetic_images  # pylint: disable=g-import-not-at-top
+  path.mkdir()
+  _write_pngs(path / 'train', synthetic_images())
+  _write_pngs(path / 'set5', synthetic_images(n=2, seed=1))
+  return path
+
+
+def _remote_train(bundle, out, workdir, flagfile, *flags):
+  """experiments/remote/train.sh as a device call runs it."""
+  script = REPO_ROOT / 'experiments' / 'remote' / 'train.sh'
+  env = dict(os.environ, BUNDLE=str(bundle), OUT=str(out),
+             WORKDIR=str(workdir), PYTHON=sys.executable)
+  env.pop('PYTHONPATH', None)
+  return subprocess.run(['bash', str(script), str(flagfile), *flags],
+                        env=env, capture_output=True, text=True,
+                        timeout=600, check=False)
+
+
 def test_remote_train_script_stops_packs_and_continues(tmp_path):
   """experiments/remote/train.sh: exit 75 with run.tgz, then a fresh
   workdir continues from it to the end."""
-  from test_train import _write_pngs  # pylint: disable=g-import-not-at-top
-  from test_train import synthetic_images  # pylint: disable=g-import-not-at-top
-  bundle = tmp_path / 'bundle'
-  bundle.mkdir()
-  _write_pngs(bundle / 'train', synthetic_images())
-  _write_pngs(bundle / 'set5', synthetic_images(n=2, seed=1))
+  bundle = _bundle(tmp_path / 'bundle')
   (bundle / 'COMMIT').write_text('b' * 40 + '\n')
   flagfile = tmp_path / 'tiny.flags'
   flagfile.write_text('--depth=3\n--features=8\n--patch_size=17\n'
                       '--batch_size=8\n--total_steps=3\n--log_every=1\n'
                       '--checkpoint_every=0\n--eval_every=0\n'
                       '--eval_scales=2\n')
-  script = REPO_ROOT / 'experiments' / 'remote' / 'train.sh'
 
-  def run(out, workdir, *flags):
-    env = dict(os.environ, BUNDLE=str(bundle), OUT=str(out),
-               WORKDIR=str(workdir), PYTHON=sys.executable)
-    env.pop('PYTHONPATH', None)
-    return subprocess.run(['bash', str(script), str(flagfile), *flags],
-                          env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
-
-  first = run(tmp_path / 'out1', tmp_path / 'w1', '--time_limit=0.001s')
+  first = _remote_train(bundle, tmp_path / 'out1', tmp_path / 'w1', flagfile,
+                        '--time_limit=0.001s')
   assert first.returncode == 75, first.stderr
   assert sorted(p.name for p in (tmp_path / 'out1').iterdir()) == [
       'flags.txt', 'metrics.jsonl', 'run.tgz']
   (bundle / 'run.tgz').write_bytes((tmp_path / 'out1' / 'run.tgz').read_bytes())
-  second = run(tmp_path / 'out2', tmp_path / 'w2')
+  second = _remote_train(bundle, tmp_path / 'out2', tmp_path / 'w2', flagfile)
   assert second.returncode == 0, second.stderr
   out = tmp_path / 'out2'
   assert {'params.npz', 'curves.png', 'run.tgz'} <= {
@@ -220,12 +228,7 @@ def test_remote_train_script_forks_at_a_step_in_one_workdir(tmp_path):
   """The device flow of experiments/remote/README.md: one schedule stopped
   at an exact step (its archive kept), then a fork of it continued in the
   same workdir with its own flagfile."""
-  from test_train import _write_pngs  # pylint: disable=g-import-not-at-top
-  from test_train import synthetic_images  # pylint: disable=g-import-not-at-top
-  bundle = tmp_path / 'bundle'
-  bundle.mkdir()
-  _write_pngs(bundle / 'train', synthetic_images())
-  _write_pngs(bundle / 'set5', synthetic_images(n=2, seed=1))
+  bundle = _bundle(tmp_path / 'bundle')
   tiny = ('--depth=3\n--features=8\n--patch_size=17\n--batch_size=8\n'
           '--log_every=1\n--checkpoint_every=1\n--eval_every=0\n'
           '--eval_scales=2\n')
@@ -233,20 +236,14 @@ def test_remote_train_script_forks_at_a_step_in_one_workdir(tmp_path):
   full.write_text(tiny + '--total_steps=8\n--decay_every=4\n')
   fork = tmp_path / 'fork.flags'
   fork.write_text(tiny + '--total_steps=5\n--decay_boundaries=4\n')
-  script = REPO_ROOT / 'experiments' / 'remote' / 'train.sh'
+  workdir = tmp_path / 'w'  # one workdir for both invocations
 
-  def run(out, flagfile, *flags):
-    env = dict(os.environ, BUNDLE=str(bundle), OUT=str(out),
-               WORKDIR=str(tmp_path / 'w'), PYTHON=sys.executable)
-    env.pop('PYTHONPATH', None)
-    return subprocess.run(['bash', str(script), str(flagfile), *flags],
-                          env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
-
-  first = run(tmp_path / 'full', full, '--stop_at_step=4')
+  first = _remote_train(bundle, tmp_path / 'full', workdir, full,
+                        '--stop_at_step=4')
   assert first.returncode == 75, first.stderr
   assert 'as --stop_at_step asked' in first.stderr
-  second = run(tmp_path / 'fork', fork, '--allow_config_change')
+  second = _remote_train(bundle, tmp_path / 'fork', workdir, fork,
+                         '--allow_config_change')
   assert second.returncode == 0, second.stderr
   # The full schedule's archive holds step 4, to be continued later.
   info = run_archive.unpack(tmp_path / 'full' / 'run.tgz', tmp_path / 'again')
