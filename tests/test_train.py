@@ -249,9 +249,14 @@ def test_stop_at_step_saves_that_step_and_the_run_continues_exactly(
   assert e.value.step == 4
   assert checkpointing.find_step_dir(workdir).name == '4'
   assert [r['step'] for r in _train_records(workdir)] == [1, 2, 3, 4]
-  # The same step again would train nothing: one clear error instead.
+  # The same step again would train nothing: one clear error instead,
+  # before anything in the workdir is touched (an earlier step likewise).
+  flags_before = (workdir / train.FLAGS_FILE).read_text()
   with pytest.raises(train.ConfigError, match='at step 4 already'):
     run_tiny(workdir, stop_at_step=4)
+  with pytest.raises(train.ConfigError, match='at step 4 already'):
+    run_tiny(workdir, stop_at_step=3)
+  assert (workdir / train.FLAGS_FILE).read_text() == flags_before
   resumed = run_tiny(workdir)  # a loop flag: dropping it is no change
   assert resumed['step'] == 6
   _assert_same_params(straight['params'], resumed['params'])

@@ -496,11 +496,16 @@ def check_resume(config: TrainConfig, workdir: pathlib.Path,
     (empty unless `allow_config_change`).
 
   Raises:
-    ConfigError: another architecture, or other training flags without
-      `allow_config_change`.
+    ConfigError: another architecture, other training flags without
+      `allow_config_change`, or a `stop_at_step` the run has passed.
   """
   if meta is None:
     return {}
+  at = meta.get('next_step')  # every checkpoint train.py saves has it
+  if config.stop_at_step and at is not None and at >= config.stop_at_step:
+    raise ConfigError(
+        f'--stop_at_step={config.stop_at_step}, but the run in {workdir} is '
+        f'at step {at} already; give a later step, or none to continue.')
   flags_path = workdir / FLAGS_FILE
   before = (read_flags_file(flags_path.read_text())
             if flags_path.exists() else {})
@@ -1008,10 +1013,6 @@ def train_and_evaluate(config: TrainConfig, workdir, *,
     state = TrainState.from_dict(restored[0])
     start = int(restored[1].get('next_step', int(jax.device_get(state.step))))
     logging.info('Resuming from the checkpoint at step %d.', start)
-  if config.stop_at_step and start >= config.stop_at_step:
-    raise ConfigError(
-        f'--stop_at_step={config.stop_at_step}, but the run in {workdir} is '
-        f'at step {start} already; give a later step, or none to continue.')
 
   step_fn = make_train_step(config, model, tx, schedule, mesh)
   run = _Run(config, workdir, mesh, manager, state, start, step_fn,
