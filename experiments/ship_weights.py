@@ -27,7 +27,7 @@ import json
 import pathlib
 import sys
 import tempfile
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -90,8 +90,16 @@ def _relative(path: pathlib.Path) -> str:
     return str(path)
 
 
-def _read_run(run: pathlib.Path):
-  """(flags, records, eval results) of a run folder, or ShipError."""
+class RunFolder(NamedTuple):
+  """What a run's results folder holds, read once."""
+  path: pathlib.Path
+  flags: Dict[str, str]  # flags.txt
+  records: List[Dict[str, Any]]  # metrics.jsonl
+  scores: Dict[str, Any]  # eval.json
+
+
+def read_run(run: pathlib.Path) -> RunFolder:
+  """Reads and checks a run folder; ShipError if something is missing."""
   missing = [n for n in (train.FLAGS_FILE, reporting.METRICS_FILE, EVAL_FILE)
              if not (run / n).is_file()]
   if missing:
@@ -109,7 +117,7 @@ def _read_run(run: pathlib.Path):
       isinstance(cells, dict) for cells in scores.values()):
     raise ShipError(f'{run / EVAL_FILE} is not what evaluate.py --json_out '
                     'writes ({"set5": {"2": {"psnr": ..., "ssim": ...}}}).')
-  return run_flags, records, scores
+  return RunFolder(run, run_flags, records, scores)
 
 
 def _commits(records: Sequence[Mapping[str, Any]]) -> str:
@@ -127,13 +135,13 @@ def _commits(records: Sequence[Mapping[str, Any]]) -> str:
   return f'{", ".join(seen)} ({sessions} sessions)'
 
 
-def build_record(npz_bytes: bytes, run: pathlib.Path, *, file_name: str,
+def build_record(npz_bytes: bytes, folder: RunFolder, *, file_name: str,
                  recipe: str, hardware: str, note: str) -> Dict[str, Any]:
   """The JSON record of shipped weights, derived from their run's folder.
 
   Args:
     npz_bytes: the shipped file's contents (its sha256 goes in the record).
-    run: the run's folder (flags.txt, metrics.jsonl, eval.json).
+    folder: the run's folder as `read_run` gives it.
     file_name: the shipped file's name.
     recipe, hardware, note: prose the folder cannot tell.
 
@@ -143,7 +151,7 @@ def build_record(npz_bytes: bytes, run: pathlib.Path, *, file_name: str,
   Raises:
     ShipError: the run is unfinished or its evaluation is incomplete.
   """
-  run_flags, records, scores = _read_run(run)
+  run, run_flags, records, scores = folder
   total = int(run_flags['total_steps'])
   steps = [int(r['step']) for r in records if r.get('kind') == 'train']
   if not steps or max(steps) != total:
@@ -246,12 +254,12 @@ def main(argv):
   try:
     params_path = pathlib.Path(_PARAMS.value)
     params, npz_bytes = _load(params_path)
-    record = build_record(npz_bytes, run, file_name=out.name,
+    folder = read_run(run)
+    record = build_record(npz_bytes, folder, file_name=out.name,
                           recipe=_RECIPE.value, hardware=_HARDWARE.value,
                           note=_NOTE.value)
-    scores = json.loads((run / EVAL_FILE).read_text())
-    largest = verify_scores(params, scores, _VERIFY.value, _TOLERANCE.value,
-                            _DATA_DIR.value, _TFDS_DIR.value)
+    largest = verify_scores(params, folder.scores, _VERIFY.value,
+                            _TOLERANCE.value, _DATA_DIR.value, _TFDS_DIR.value)
   except ValueError as e:  # ShipError, WeightsError, DatasetError.
     _fail(str(e))
   print(f'{", ".join(_VERIFY.value)} re-scored: largest PSNR difference from '

@@ -139,19 +139,22 @@ def test_refuses_unfinished_runs_and_incomplete_evaluations(ship_weights,
   set5 = {s: {'psnr': 30.0, 'ssim': 0.9} for s in ('2', '3')}
   unfinished = _make_run(tmp_path / 'unfinished', set5, last_step=8)
   with pytest.raises(ship_weights.ShipError, match='end at step 8 of'):
-    ship_weights.build_record(b'', unfinished, file_name='x.npz', recipe='',
-                              hardware='', note='')
+    ship_weights.build_record(
+        b'', ship_weights.read_run(unfinished), file_name='x.npz', recipe='',
+        hardware='', note='')
   partial = _make_run(tmp_path / 'partial', set5)
   scores = json.loads((partial / 'eval.json').read_text())
   del scores['urban100']['3']
   (partial / 'eval.json').write_text(json.dumps(scores))
   with pytest.raises(ship_weights.ShipError, match='lacks urban100 x3'):
-    ship_weights.build_record(b'', partial, file_name='x.npz', recipe='',
-                              hardware='', note='')
+    ship_weights.build_record(
+        b'', ship_weights.read_run(partial), file_name='x.npz', recipe='',
+        hardware='', note='')
   (partial / 'eval.json').write_text('[37.5, 33.6]')
   with pytest.raises(ship_weights.ShipError, match='not what evaluate.py'):
-    ship_weights.build_record(b'', partial, file_name='x.npz', recipe='',
-                              hardware='', note='')
+    ship_weights.build_record(
+        b'', ship_weights.read_run(partial), file_name='x.npz', recipe='',
+        hardware='', note='')
 
 
 def test_refuses_weights_that_are_not_a_training_output(run_script, tmp_path,
@@ -170,7 +173,8 @@ def test_committed_record_is_what_the_tool_derives(ship_weights):
   committed = json.loads(
       weights.PRETRAINED_PATH.with_suffix('.json').read_text())
   derived = ship_weights.build_record(
-      weights.PRETRAINED_PATH.read_bytes(), REPO_ROOT / committed['run'],
+      weights.PRETRAINED_PATH.read_bytes(),
+      ship_weights.read_run(REPO_ROOT / committed['run']),
       file_name=weights.PRETRAINED_PATH.name, recipe=committed['recipe'],
       hardware=committed['hardware'], note=committed['note'])
   assert derived == committed
