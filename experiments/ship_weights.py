@@ -93,7 +93,7 @@ def _relative(path: pathlib.Path) -> str:
 class RunFolder(NamedTuple):
   """What a run's results folder holds, read once."""
   path: pathlib.Path
-  flags: Dict[str, str]  # flags.txt
+  config: train.TrainConfig  # flags.txt
   records: List[Dict[str, Any]]  # metrics.jsonl
   scores: Dict[str, Any]  # eval.json
 
@@ -107,7 +107,11 @@ def read_run(run: pathlib.Path) -> RunFolder:
         f'{run} lacks {", ".join(missing)}; a run folder needs flags.txt and '
         'metrics.jsonl (copied from the workdir) and eval.json (evaluate.py '
         '--method=vdsr --weights=<params> --json_out=<run>/eval.json).')
-  run_flags = train.read_flags_file((run / train.FLAGS_FILE).read_text())
+  try:
+    config = train.config_from_flags_file(
+        (run / train.FLAGS_FILE).read_text())
+  except train.ConfigError as e:
+    raise ShipError(f'{run / train.FLAGS_FILE}: {e}') from None
   records = reporting.read_metrics(run / reporting.METRICS_FILE)
   try:
     scores = json.loads((run / EVAL_FILE).read_text())
@@ -117,7 +121,7 @@ def read_run(run: pathlib.Path) -> RunFolder:
       isinstance(cells, dict) for cells in scores.values()):
     raise ShipError(f'{run / EVAL_FILE} is not what evaluate.py --json_out '
                     'writes ({"set5": {"2": {"psnr": ..., "ssim": ...}}}).')
-  return RunFolder(run, run_flags, records, scores)
+  return RunFolder(run, config, records, scores)
 
 
 def _commits(records: Sequence[Mapping[str, Any]]) -> str:
@@ -151,14 +155,14 @@ def build_record(npz_bytes: bytes, folder: RunFolder, *, file_name: str,
   Raises:
     ShipError: the run is unfinished or its evaluation is incomplete.
   """
-  run, run_flags, records, scores = folder
-  total = int(run_flags['total_steps'])
+  run, config, records, scores = folder
+  total = config.total_steps
   steps = [int(r['step']) for r in records if r.get('kind') == 'train']
   if not steps or max(steps) != total:
     raise ShipError(
         f'{run}: the run is not finished: its metrics end at step '
         f'{max(steps) if steps else 0} of --total_steps={total}.')
-  scales = [int(s) for s in run_flags['scales'].split(',')]
+  scales = list(config.scales)
   def scored(cell):
     return isinstance(cell, dict) and {'psnr', 'ssim'} <= set(cell)
   missing = [f'{d} x{s}' for d in evaluation.BENCHMARKS for s in scales
@@ -177,7 +181,7 @@ def build_record(npz_bytes: bytes, folder: RunFolder, *, file_name: str,
       'run': _relative(run),
       'recipe': recipe,
       'steps': total,
-      'batch_size': int(run_flags['batch_size']),
+      'batch_size': config.batch_size,
       'trained_from_commit': commits,
       'hardware': hardware,
       'scales': scales,

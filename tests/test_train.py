@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,6 @@ from vdsr_jax import conv
 from vdsr_jax import image_io
 from vdsr_jax import image_ops
 from vdsr_jax import input_pipeline
-from vdsr_jax import optimizers
 from vdsr_jax import reporting
 from vdsr_jax import train
 from vdsr_jax import weights
@@ -720,6 +720,31 @@ def test_resume_reads_fields_missing_from_an_older_flags_file(tmp_path):
       'compute_dtype': ['float32', 'bfloat16']}
 
 
+def test_config_from_flags_file_reads_back_every_field_type():
+  config = tiny_config(decay_boundaries=(3, 5), downscale_factors=(1.0, 0.7),
+                       augment=False, data_dir='/data', num_processes=2,
+                       time_limit=12.5)
+  assert train.config_from_flags_file(train.config_to_flags(config)) == config
+  # A field missing from an older flags.txt reads as its default.
+  assert train.config_from_flags_file('--depth=3\n') == train.TrainConfig(
+      depth=3)
+
+
+@pytest.mark.parametrize('text,expected', [
+    ('--depth=three\n', '--depth=three in a flags file cannot be read as int'),
+    ('--scales=2,x\n',
+     '--scales=2,x in a flags file cannot be read as a comma-separated list '
+     'of int'),
+    ('--augment=maybe\n',
+     '--augment=maybe in a flags file cannot be read as bool'),
+    ('--dropout=0.1\n', 'names --dropout, which is not a training flag'),
+    ('--depth=0\n', '--depth must be an integer >= 2, got 0'),  # validated
+])
+def test_config_from_flags_file_bad_values(text, expected):
+  with pytest.raises(train.ConfigError, match=re.escape(expected)):
+    train.config_from_flags_file(text)
+
+
 def _flagfile_flags(flagfile: str) -> dict:
   """{flag: value string} of the TrainConfig that experiments/train.py
   builds from experiments/configs/FLAGFILE (parsed by absl, in a fresh
@@ -794,10 +819,9 @@ def test_port_forks_repeat_the_full_runs_updates(flagfile, shared_until):
 
   def decays_before(values):
     """How many decays have happened at steps 0..shared_until."""
-    boundaries = optimizers.decay_boundaries(
-        int(values['total_steps']), int(values['decay_every']),
-        [int(b) for b in values['decay_boundaries'].split(',') if b])
-    return np.searchsorted(boundaries, np.arange(shared_until + 1),
+    config = train.config_from_flags_file(
+        ''.join(f'--{k}={v}\n' for k, v in values.items()))
+    return np.searchsorted(config.boundaries, np.arange(shared_until + 1),
                            side='right')
 
   steps_fork, steps_full = decays_before(fork), decays_before(full)

@@ -32,6 +32,7 @@ import pathlib
 import signal
 import threading
 import time
+import typing
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
@@ -473,6 +474,45 @@ def read_flags_file(text: str) -> Dict[str, str]:
   """
   return {**parse_flags_file(config_to_flags(TrainConfig())),
           **parse_flags_file(text)}
+
+
+def _typed_value(name: str, value: str, kind) -> Any:
+  """`value` (a flags-file string) as a `kind` (a TrainConfig field type)."""
+  if typing.get_origin(kind) is typing.Union:  # Optional[X]
+    kind = next(a for a in typing.get_args(kind) if a is not type(None))
+  try:
+    if kind is bool:
+      if value.lower() not in ('true', 'false'):
+        raise ValueError(value)
+      return value.lower() == 'true'
+    if typing.get_origin(kind) is tuple:
+      item = typing.get_args(kind)[0]
+      return tuple(item(v) for v in value.split(',') if v)
+    return kind(value)
+  except ValueError:
+    if typing.get_origin(kind) is tuple:
+      what = f'a comma-separated list of {typing.get_args(kind)[0].__name__}'
+    else:
+      what = kind.__name__
+    raise ConfigError(
+        f'--{name}={value} in a flags file cannot be read as {what}.'
+    ) from None
+
+
+def config_from_flags_file(text: str) -> TrainConfig:
+  """A run's flags.txt as the (validated) TrainConfig it describes.
+
+  Missing fields read as their defaults (see `read_flags_file`); a flag
+  TrainConfig does not know is a ConfigError.
+  """
+  kinds = typing.get_type_hints(TrainConfig)
+  values = read_flags_file(text)
+  unknown = sorted(set(values) - set(kinds))
+  if unknown:
+    raise ConfigError(f'The flags file names --{unknown[0]}, which is not a '
+                      'training flag.')
+  return TrainConfig(**{name: _typed_value(name, value, kinds[name])
+                        for name, value in values.items()})
 
 
 def architecture(config: TrainConfig) -> Dict[str, Any]:
