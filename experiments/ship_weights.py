@@ -10,10 +10,11 @@ r"""Ships a finished training run's weights as the package's pretrained model.
 Writes `vdsr_jax/pretrained/vdsr_291.npz` (the weights) and its record
 `vdsr_291.json` beside it. Everything the record says that the run's folder
 knows is read from it, not typed: the checksum, the step count and batch size
-(`flags.txt`, `metrics.jsonl`), the commits of its sessions, and the PSNR/SSIM
-of its evaluation (`eval.json`, written by
+(`flags.txt`, `metrics.jsonl`), its sessions (steps, platform, commit, hours,
+and the device model where recorded), and the PSNR/SSIM of its evaluation
+(`eval.json`, written by
 `evaluate.py --method=vdsr --weights=<params> --json_out=<run>/eval.json`).
-Only the prose (recipe, hardware, note) comes from flags.
+Only the prose (recipe, hardware by name, note) comes from flags.
 
 Before writing anything it checks that the run finished (its last step is
 `--total_steps`), that `eval.json` scores every benchmark at every trained
@@ -56,7 +57,8 @@ _RUN = flags.DEFINE_string(
 _RECIPE = flags.DEFINE_string('recipe', None,
                               'The flagfile and, in words, what it trains.')
 _HARDWARE = flags.DEFINE_string(
-    'hardware', None, 'Which machines trained which steps, and for how long.')
+    'hardware', None, 'The machines by name, in words (the record also lists '
+    'each session\'s steps, platform and hours from metrics.jsonl).')
 _NOTE = flags.DEFINE_string('note', None,
                             'How the scores compare (paper, earlier weights).')
 _OUT = flags.DEFINE_string(
@@ -139,6 +141,33 @@ def _commits(records: Sequence[Mapping[str, Any]]) -> str:
   return f'{", ".join(seen)} ({sessions} sessions)'
 
 
+def _sessions(records: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+  """Where each session trained: its steps, machine, commit and hours.
+
+  `hours` runs from the session's start (after loading the data) to its
+  last logged step; None where the records carry no times.
+  """
+  sessions = []
+  for r in records:
+    if r.get('kind') == 'session':
+      commit = str(r.get('git_commit') or 'unknown')[:7]
+      if r.get('git_dirty'):
+        commit += ' (uncommitted changes)'
+      sessions.append({'steps': [int(r['step'])] * 2,
+                       'platform': r.get('platform'),
+                       'device_kind': r.get('device_kind'),
+                       'commit': commit, 'hours': None,
+                       '_start': r.get('time')})
+    elif r.get('kind') == 'train' and sessions:
+      last = sessions[-1]
+      last['steps'][1] = int(r['step'])
+      if last['_start'] is not None and r.get('time') is not None:
+        last['hours'] = round((r['time'] - last['_start']) / 3600, 2)
+  for session in sessions:
+    del session['_start']
+  return sessions
+
+
 def build_record(npz_bytes: bytes, folder: RunFolder, *, file_name: str,
                  recipe: str, hardware: str, note: str) -> Dict[str, Any]:
   """The JSON record of shipped weights, derived from their run's folder.
@@ -184,6 +213,7 @@ def build_record(npz_bytes: bytes, folder: RunFolder, *, file_name: str,
       'batch_size': config.batch_size,
       'trained_from_commit': commits,
       'hardware': hardware,
+      'sessions': _sessions(records),
       'scales': scales,
       'evaluation': _relative(run / EVAL_FILE),
       'psnr': {d: {str(s): round(scores[d][str(s)]['psnr'], 3)

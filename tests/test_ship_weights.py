@@ -31,13 +31,14 @@ def _tiny_params(seed):
                             models.VDSR(depth=3, features=4), 9)
 
 
-def _session(commit, dirty=False):
-  return {'kind': 'session', 'step': 0, 'git_commit': commit,
-          'git_dirty': dirty, 'platform': 'cpu'}
+def _session(commit, step=0, dirty=False, time=None, **more):
+  return {'kind': 'session', 'step': step, 'git_commit': commit,
+          'git_dirty': dirty, 'platform': 'cpu', 'time': time, **more}
 
 
-def _train(step):
-  return {'kind': 'train', 'step': step, 'loss': 0.1, 'lr': 0.1}
+def _train(step, time=None):
+  return {'kind': 'train', 'step': step, 'loss': 0.1, 'lr': 0.1,
+          'time': time}
 
 
 def _make_run(path, set5_scores, last_step=10):
@@ -49,8 +50,10 @@ def _make_run(path, set5_scores, last_step=10):
   path.mkdir(parents=True)
   (path / 'flags.txt').write_text(
       '--total_steps=10\n--batch_size=4\n--scales=2,3\n')
-  records = [_session('a' * 40), _train(5), _session('b' * 40, dirty=True),
-             _session('a' * 40), _train(last_step)]
+  records = [_session('a' * 40, time=0.0), _train(5, time=1800.0),
+             _session('b' * 40, 5, dirty=True),  # crashed before logging
+             _session('a' * 40, 5, time=7200.0, device_kind='H9'),
+             _train(last_step, time=7200.0 + 36.0)]
   (path / 'metrics.jsonl').write_text(
       ''.join(json.dumps(r) + '\n' for r in records))
   scores = {'set5': set5_scores}
@@ -104,6 +107,13 @@ def test_ships_the_weights_with_a_derived_record(source, scored, tmp_path,
       10, 4, [2, 3])
   assert record['trained_from_commit'] == (
       'aaaaaaa, bbbbbbb (uncommitted changes) (3 sessions)')
+  assert record['sessions'] == [
+      {'steps': [0, 5], 'platform': 'cpu', 'device_kind': None,
+       'commit': 'aaaaaaa', 'hours': 0.5},
+      {'steps': [5, 5], 'platform': 'cpu', 'device_kind': None,
+       'commit': 'bbbbbbb (uncommitted changes)', 'hours': None},
+      {'steps': [5, 10], 'platform': 'cpu', 'device_kind': 'H9',
+       'commit': 'aaaaaaa', 'hours': 0.01}]
   assert record['psnr']['set5'] == {s: round(set5[s]['psnr'], 3)
                                     for s in ('2', '3')}
   assert record['ssim']['b100'] == {'2': 0.5, '3': 0.5}
