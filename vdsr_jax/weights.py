@@ -13,9 +13,8 @@ Formats:
 """
 
 import hashlib
-import io
 import pathlib
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import numpy as np
 
