@@ -120,6 +120,7 @@ def _jax_runner(config: str, conv_method: str):
   from vdsr_jax import inference
   from vdsr_jax import models
   from vdsr_jax import train
+  from vdsr_jax import train_config
   conv.METHOD = conv_method
   rng = np.random.default_rng(0)
   if config == 'matmul':
@@ -129,7 +130,7 @@ def _jax_runner(config: str, conv_method: str):
     product = jax.jit(jnp.matmul)
     return lambda: product(a, b).block_until_ready()
   if config == 'train_step':
-    cfg = train.TrainConfig(batch_size=BATCH, patch_size=PATCH,
+    cfg = train_config.TrainConfig(batch_size=BATCH, patch_size=PATCH,
                             eval_scales=(), progress=False,
                             compute_dtype=jnp.dtype(dtype).name)
     mesh = train.make_mesh()

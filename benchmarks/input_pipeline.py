@@ -33,6 +33,8 @@ sys.path.insert(0, str(REPO))
 from vdsr_jax import input_pipeline
 from vdsr_jax import train
 # pylint: enable=g-import-not-at-top,wrong-import-position
+from vdsr_jax import train_config
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _WORKERS = flags.DEFINE_list('workers', ['0', '2'], 'Worker counts to time.')
 _BATCHES = flags.DEFINE_integer('batches', 300, 'Batches timed per count.')
@@ -68,7 +70,7 @@ def measure(images, config, workers: int, batches: int, warmup: int):
 def main(argv):
   del argv
   # The trainer's own loader: the folder if given, else train291.
-  images = train.load_train_images(train.TrainConfig(
+  images = train.load_train_images(train_config.TrainConfig(
       train_images_dir=_IMAGES_DIR.value, data_dir=_DATA_DIR.value))
   config = input_pipeline.PipelineConfig()  # the paper's 64 x 41x41
   results = {}

@@ -37,6 +37,7 @@ from vdsr_jax import datasets  # pylint: disable=g-import-not-at-top
 from vdsr_jax import input_pipeline
 from vdsr_jax import models
 from vdsr_jax import train
+from vdsr_jax import train_config
 from vdsr_jax import weights
 
 SETTINGS = {
@@ -92,7 +93,7 @@ def main(argv):
   prepared = input_pipeline.prepare_images(images)
   start = weights.load_params(_WEIGHTS.value) if _WEIGHTS.value else None
   for name in _SETTINGS.value:
-    config = train.TrainConfig(batch_size=_BATCH.value, **SETTINGS[name])
+    config = train_config.TrainConfig(batch_size=_BATCH.value, **SETTINGS[name])
     model = train.create_model(config)
     tx, schedule = train.create_optimizer(config)
     mesh = train.make_mesh()

@@ -32,6 +32,7 @@ import train as cli  # pylint: disable=g-import-not-at-top  # experiments/train.
 from vdsr_jax import input_pipeline
 from vdsr_jax import models
 from vdsr_jax import train
+from vdsr_jax import train_config
 from vdsr_jax import weights
 
 _WEIGHTS = flags.DEFINE_string(
@@ -48,7 +49,7 @@ _MSE_BATCHES = flags.DEFINE_integer(
 flags.FLAGS.set_default('workdir', '')
 
 
-def gradient_report(config: train.TrainConfig, params, batch) -> str:
+def gradient_report(config: train_config.TrainConfig, params, batch) -> str:
   """A table of per-parameter gradient norms of `config`'s objective."""
   model = train.create_model(config)
   scale = train.loss_scale(config)
@@ -77,7 +78,7 @@ def gradient_report(config: train.TrainConfig, params, batch) -> str:
   return '\n'.join(lines)
 
 
-def clipped_share_line(config: train.TrainConfig, grads) -> str:
+def clipped_share_line(config: train_config.TrainConfig, grads) -> str:
   """Which share of gradient elements element-wise clipping would cut at
   each learning rate of the run's schedule (threshold theta / lr)."""
   magnitudes = np.concatenate([np.abs(np.asarray(g)).ravel()

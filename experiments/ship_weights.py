@@ -41,7 +41,7 @@ except ImportError:  # Running from a checkout without `pip install -e .`.
 from vdsr_jax import atomic  # pylint: disable=g-import-not-at-top
 from vdsr_jax import evaluation
 from vdsr_jax import reporting
-from vdsr_jax import train
+from vdsr_jax import train_config
 from vdsr_jax import weights as weights_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -95,14 +95,14 @@ def _relative(path: pathlib.Path) -> str:
 class RunFolder(NamedTuple):
   """What a run's results folder holds, read once."""
   path: pathlib.Path
-  config: train.TrainConfig  # flags.txt
+  config: train_config.TrainConfig  # flags.txt
   records: List[Dict[str, Any]]  # metrics.jsonl
   scores: Dict[str, Any]  # eval.json
 
 
 def read_run(run: pathlib.Path) -> RunFolder:
   """Reads and checks a run folder; ShipError if something is missing."""
-  missing = [n for n in (train.FLAGS_FILE, reporting.METRICS_FILE, EVAL_FILE)
+  missing = [n for n in (train_config.FLAGS_FILE, reporting.METRICS_FILE, EVAL_FILE)
              if not (run / n).is_file()]
   if missing:
     raise ShipError(
@@ -110,10 +110,10 @@ def read_run(run: pathlib.Path) -> RunFolder:
         'metrics.jsonl (copied from the workdir) and eval.json (evaluate.py '
         '--method=vdsr --weights=<params> --json_out=<run>/eval.json).')
   try:
-    config = train.config_from_flags_file(
-        (run / train.FLAGS_FILE).read_text())
-  except train.ConfigError as e:
-    raise ShipError(f'{run / train.FLAGS_FILE}: {e}') from None
+    config = train_config.config_from_flags_file(
+        (run / train_config.FLAGS_FILE).read_text())
+  except train_config.ConfigError as e:
+    raise ShipError(f'{run / train_config.FLAGS_FILE}: {e}') from None
   records = reporting.read_metrics(run / reporting.METRICS_FILE)
   try:
     scores = json.loads((run / EVAL_FILE).read_text())

@@ -42,10 +42,11 @@ except ImportError:  # Run from a checkout without installing.
 from vdsr_jax import models
 from vdsr_jax import optimizers
 from vdsr_jax import train
+from vdsr_jax import train_config
 from vdsr_jax import weights
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-_D = train.TrainConfig()  # defaults
+_D = train_config.TrainConfig()  # defaults
 
 flags.DEFINE_string(
     'workdir', None, 'Directory for checkpoints, metrics.jsonl, TensorBoard '
@@ -114,14 +115,14 @@ flags.DEFINE_enum('init_fan', _D.init_fan, list(models.INIT_FANS),
                   'He initialisation N(0, 2 / fan) over fan_in (3*3*in '
                   'channels, the paper) or fan_out (3*3*out channels, the '
                   'PyTorch port); they differ in the first and last layers.')
-flags.DEFINE_enum('compute_dtype', _D.compute_dtype, train.COMPUTE_DTYPES,
+flags.DEFINE_enum('compute_dtype', _D.compute_dtype, train_config.COMPUTE_DTYPES,
                   'Dtype of the network\'s arithmetic. bfloat16: mixed '
                   'precision for GPUs/TPUs (float32 parameters, optimiser, '
                   'loss and evaluation); slow on CPUs, whose fast kernels '
                   'here are float32.')
 
 # Objective and optimiser.
-flags.DEFINE_enum('loss', _D.loss, train.LOSSES,
+flags.DEFINE_enum('loss', _D.loss, train_config.LOSSES,
                   'mse: mean squared error over all pixels; paper: '
                   '1/2 * sum of squares per patch, averaged over the batch '
                   '(= 0.5 * patch_size^2 * mse); sum: squared error summed '
@@ -218,7 +219,7 @@ def _numbers(name: str, kind):
     try:
       values.append(kind(item))
     except ValueError:
-      raise train.ConfigError(
+      raise train_config.ConfigError(
           f'--{name} must be a comma-separated list of '
           f'{"integers" if kind is int else "numbers"}, got '
           f'{",".join(FLAGS[name].value)!r}.') from None
@@ -237,25 +238,25 @@ def parse_duration(text: str) -> float:
   except ValueError:
     seconds = float('nan')
   if not (math.isfinite(seconds) and seconds >= 0):
-    raise train.ConfigError(
+    raise train_config.ConfigError(
         f'--time_limit must be a duration such as 540s, 45m or 2.5h (a plain '
         f'number is seconds; 0: no limit), got {text!r}.')
   return seconds
 
 
-def config_from_flags() -> train.TrainConfig:
+def config_from_flags() -> train_config.TrainConfig:
   """Builds the TrainConfig from the parsed flags (same names)."""
   lists = {'scales': int, 'downscale_factors': float,
            'decay_boundaries': int, 'eval_scales': int}
   values = {}
-  for name in train.TrainConfig.__dataclass_fields__:
+  for name in train_config.TrainConfig.__dataclass_fields__:
     if name in lists:
       values[name] = _numbers(name, lists[name])
     elif name == 'time_limit':
       values[name] = parse_duration(FLAGS[name].value)
     else:
       values[name] = FLAGS[name].value
-  return train.TrainConfig(**values)
+  return train_config.TrainConfig(**values)
 
 
 def parse_flags(argv):
@@ -289,7 +290,7 @@ def main(argv):
   except train.TimeLimitReached as e:
     sys.stderr.write(f'{e}\n')
     sys.exit(EXIT_TIME_LIMIT)
-  except (train.ConfigError, train.TrainingError,
+  except (train_config.ConfigError, train.TrainingError,
           weights.WeightsError) as e:
     _fail(str(e))
   except ValueError as e:

@@ -29,7 +29,7 @@ from typing import Any, Dict
 from vdsr_jax import atomic
 from vdsr_jax import checkpointing
 from vdsr_jax import reporting
-from vdsr_jax import train
+from vdsr_jax import train_config
 
 INFO_FILE = 'run_archive.json'
 
@@ -53,11 +53,11 @@ def pack(workdir, archive) -> Dict[str, Any]:
     run_archive.json, for a reader that does not want to extract it).
   """
   workdir = pathlib.Path(workdir).expanduser().absolute()
-  if not (workdir / train.FLAGS_FILE).is_file():
+  if not (workdir / train_config.FLAGS_FILE).is_file():
     raise RunArchiveError(f'{workdir} is not a training workdir (no '
-                          f'{train.FLAGS_FILE}).')
+                          f'{train_config.FLAGS_FILE}).')
   step_dir = _latest_step_dir(workdir)
-  members = [workdir / train.FLAGS_FILE]
+  members = [workdir / train_config.FLAGS_FILE]
   if (workdir / reporting.METRICS_FILE).is_file():
     members.append(workdir / reporting.METRICS_FILE)
   members += sorted(p for p in step_dir.rglob('*') if p.is_file())
@@ -127,8 +127,8 @@ def unpack(archive, workdir) -> Dict[str, Any]:
       for member in members:
         if member.name != INFO_FILE:
           tar.extract(member, tmp, set_attrs=False, **safe)
-      if not (tmp / train.FLAGS_FILE).is_file():
-        raise RunArchiveError(f'{archive} holds no {train.FLAGS_FILE}.')
+      if not (tmp / train_config.FLAGS_FILE).is_file():
+        raise RunArchiveError(f'{archive} holds no {train_config.FLAGS_FILE}.')
       found = _latest_step_dir(tmp)
       if int(found.name) != int(info['step']):
         raise RunArchiveError(f'{archive}: checkpoint step {found.name} is '

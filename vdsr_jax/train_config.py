@@ -1,0 +1,342 @@
+"""What a training run depends on (`TrainConfig`), and its flags.txt.
+
+`TrainConfig` mirrors `experiments/train.py`'s flags and is validated when
+built (one `ConfigError` naming the first bad value). A run's workdir keeps
+it as `flags.txt` (`config_to_flags`); `config_from_flags_file` reads that
+back, and `check_resume` decides whether a config may continue a run: the
+architecture must match, the other training flags too unless overridden,
+while the `LOOP_FIELDS` (paths, cadence, process layout) are free.
+"""
+
+import dataclasses
+import math
+import pathlib
+import typing
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from vdsr_jax import input_pipeline
+from vdsr_jax import models
+from vdsr_jax import optimizers
+
+LOSSES = ('mse', 'paper', 'sum')
+# Dtypes the network may compute in; parameters, optimiser state, the loss
+# and evaluation stay float32 whichever is chosen.
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+ARCHITECTURE = ('depth', 'features', 'residual')
+# Fields that may differ when a run is resumed: where data and files are,
+# logging/evaluation/checkpoint cadence, the process layout. Every other
+# field shapes the optimisation and must match (or be overridden explicitly).
+LOOP_FIELDS = ('data_dir', 'tfds_dir', 'train_images_dir', 'eval_images_dir',
+               'prefetch', 'input_workers', 'log_every', 'checkpoint_every',
+               'keep_checkpoints', 'eval_every', 'eval_scales', 'progress',
+               'time_limit', 'stop_at_step',
+               'coordinator_address', 'num_processes', 'process_id')
+FLAGS_FILE = 'flags.txt'
+
+
+class ConfigError(ValueError):
+  """The configuration cannot run (bad value, mismatch with devices/run)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything a training run depends on; fields mirror the command flags."""
+  # Data.
+  train_dataset: str = 'train291'
+  max_train_images: int = 0
+  data_dir: Optional[str] = None
+  tfds_dir: Optional[str] = None
+  train_images_dir: Optional[str] = None
+  eval_images_dir: Optional[str] = None
+  patch_size: int = 41
+  batch_size: int = 64
+  scales: Tuple[int, ...] = (2, 3, 4)
+  augment: bool = True
+  downscale_factors: Tuple[float, ...] = (1.0,)
+  prefetch: int = 2
+  input_workers: int = -1
+  seed: int = 0
+  # Model.
+  depth: int = 20
+  features: int = 64
+  residual: bool = True
+  compute_dtype: str = 'float32'
+  output_init_scale: float = 1.0
+  init_fan: str = 'fan_in'
+  # Objective and optimiser.
+  loss: str = 'mse'
+  optimizer: str = 'sgd'
+  learning_rate: float = 0.1
+  momentum: float = 0.9
+  weight_decay: float = 1e-4
+  decay_biases: bool = False
+  train_biases: bool = True
+  clip_mode: str = 'global_norm'
+  clip_theta: float = 0.4
+  clip_adjustable: bool = True
+  total_steps: int = 9960
+  decay_every: int = 0
+  decay_boundaries: Tuple[int, ...] = ()
+  decay_factor: float = 0.1
+  # Loop.
+  log_every: int = 50
+  checkpoint_every: int = 1000
+  keep_checkpoints: int = 3
+  eval_every: int = 1000
+  eval_scales: Tuple[int, ...] = (2, 3, 4)
+  progress: bool = True
+  time_limit: float = 0.0  # seconds of this process's work; 0: none
+  stop_at_step: int = 0  # save and stop after this step; 0: none
+  # Multi-host (all unset: a single process).
+  coordinator_address: Optional[str] = None
+  num_processes: Optional[int] = None
+  process_id: Optional[int] = None
+
+  def __post_init__(self):
+    for name in ('scales', 'downscale_factors', 'decay_boundaries',
+                 'eval_scales'):
+      object.__setattr__(self, name, tuple(getattr(self, name)))
+    problems = list(_problems(self))
+    if problems:
+      raise ConfigError(problems[0])
+
+  @property
+  def boundaries(self) -> Tuple[int, ...]:
+    """The learning-rate decay steps in effect."""
+    return optimizers.decay_boundaries(self.total_steps, self.decay_every,
+                                       self.decay_boundaries)
+
+  def pipeline_config(self) -> input_pipeline.PipelineConfig:
+    """The input pipeline settings of this run."""
+    return input_pipeline.PipelineConfig(
+        patch_size=self.patch_size, batch_size=self.batch_size,
+        scales=self.scales, augment=self.augment,
+        downscale_factors=self.downscale_factors, seed=self.seed)
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _problems(c: TrainConfig):
+  """Yields one message per impossible value, in flag order."""
+  def at_least(name, low):
+    v = getattr(c, name)
+    if not _is_int(v) or v < low:
+      return f'--{name} must be an integer >= {low}, got {v!r}.'
+    return None
+
+  for name, low in (('max_train_images', 0), ('patch_size', 1),
+                    ('batch_size', 1), ('prefetch', 0), ('input_workers', -1),
+                    ('seed', 0), ('depth', 2), ('features', 1),
+                    ('total_steps', 1), ('decay_every', 0), ('log_every', 1),
+                    ('checkpoint_every', 0), ('keep_checkpoints', 1),
+                    ('eval_every', 0)):
+    message = at_least(name, low)
+    if message:
+      yield message
+  if not c.scales:
+    yield '--scales must list at least one scale factor.'
+  for s in c.scales:
+    if not _is_int(s) or s < 1:
+      yield f'--scales must be integers >= 1, got {c.scales!r}.'
+      break
+  if len(set(c.scales)) != len(c.scales):
+    yield f'--scales must be distinct, got {c.scales!r}.'
+  if _is_int(c.batch_size) and c.batch_size < len(c.scales):
+    yield (f'--batch_size={c.batch_size} cannot hold one patch of each of the '
+           f'{len(c.scales)} --scales.')
+  if not c.downscale_factors or not all(
+      0.0 < f <= 1.0 for f in c.downscale_factors):
+    yield ('--downscale_factors must be values in (0, 1], got '
+           f'{c.downscale_factors!r}.')
+  if c.compute_dtype not in COMPUTE_DTYPES:
+    yield (f'--compute_dtype must be one of {", ".join(COMPUTE_DTYPES)}, '
+           f'got {c.compute_dtype!r}.')
+  if c.init_fan not in models.INIT_FANS:
+    yield (f'--init_fan must be one of {", ".join(models.INIT_FANS)}, '
+           f'got {c.init_fan!r}.')
+  if c.loss not in LOSSES:
+    yield f'--loss must be one of {", ".join(LOSSES)}, got {c.loss!r}.'
+  if c.optimizer not in optimizers.OPTIMIZERS:
+    yield (f'--optimizer must be one of {", ".join(optimizers.OPTIMIZERS)}, '
+           f'got {c.optimizer!r}.')
+  if c.decay_biases and not c.train_biases:
+    yield ('--decay_biases and --notrain_biases contradict each other: '
+           'frozen biases are not decayed.')
+  if c.clip_mode not in optimizers.CLIP_MODES:
+    yield (f'--clip_mode must be one of {", ".join(optimizers.CLIP_MODES)}, '
+           f'got {c.clip_mode!r}.')
+  for name in ('learning_rate', 'clip_theta', 'decay_factor'):
+    v = getattr(c, name)
+    if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+      yield f'--{name} must be a finite number > 0, got {v!r}.'
+  if not 0.0 <= c.momentum < 1.0:
+    yield f'--momentum must be in [0, 1), got {c.momentum!r}.'
+  for name in ('output_init_scale', 'weight_decay', 'time_limit'):
+    v = getattr(c, name)
+    if not (isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v) and v >= 0):
+      yield f'--{name} must be a finite number >= 0, got {v!r}.'
+  if not _is_int(c.stop_at_step) or not (
+      c.stop_at_step == 0 or 1 <= c.stop_at_step < c.total_steps):
+    yield (f'--stop_at_step must be 0 (none) or a step in [1, '
+           f'--total_steps), got {c.stop_at_step!r}.')
+  for b in c.decay_boundaries:
+    if not _is_int(b) or b < 1:
+      yield ('--decay_boundaries must be step numbers >= 1, got '
+             f'{c.decay_boundaries!r}.')
+      break
+  for s in c.eval_scales:
+    if not _is_int(s) or s < 2:
+      yield (f'--eval_scales must be integers >= 2 (or empty for no '
+             f'evaluation), got {c.eval_scales!r}.')
+      break
+  if c.num_processes is not None and (not _is_int(c.num_processes)
+                                      or c.num_processes < 1):
+    yield f'--num_processes must be >= 1, got {c.num_processes!r}.'
+  elif c.process_id is not None and c.num_processes is not None and not (
+      0 <= c.process_id < c.num_processes):
+    yield (f'--process_id must be in [0, --num_processes={c.num_processes}),'
+           f' got {c.process_id}.')
+
+
+def config_to_flags(config: TrainConfig) -> str:
+  """`config` as absl flagfile lines (usable with --flagfile)."""
+  lines = []
+  for f in dataclasses.fields(config):
+    v = getattr(config, f.name)
+    if v is None:
+      continue
+    if isinstance(v, bool):
+      lines.append(f'--{f.name}' if v else f'--no{f.name}')
+    elif isinstance(v, tuple):
+      lines.append(f'--{f.name}=' + ','.join(str(x) for x in v))
+    else:
+      lines.append(f'--{f.name}={v}')
+  return '\n'.join(lines) + '\n'
+
+
+def parse_flags_file(text: str) -> Dict[str, str]:
+  """Reads `config_to_flags` output back as {name: value string}."""
+  values = {}
+  for line in text.splitlines():
+    line = line.strip()
+    if not line.startswith('--'):
+      continue
+    name, eq, value = line[2:].partition('=')
+    if not eq:
+      if name.startswith('no') and name[2:] in TrainConfig.__dataclass_fields__:
+        name, value = name[2:], 'False'
+      else:
+        value = 'True'
+    values[name] = value
+  return values
+
+
+def read_flags_file(text: str) -> Dict[str, str]:
+  """A run's flags.txt as {name: value string}, complete.
+
+  A field missing from the file did not exist when the run was started;
+  every field added since has a default that keeps the earlier behaviour
+  (e.g. `compute_dtype=float32`), so the missing ones read as the defaults.
+  """
+  return {**parse_flags_file(config_to_flags(TrainConfig())),
+          **parse_flags_file(text)}
+
+
+def _typed_value(name: str, value: str, kind) -> Any:
+  """`value` (a flags-file string) as a `kind` (a TrainConfig field type)."""
+  if typing.get_origin(kind) is typing.Union:  # Optional[X]
+    kind = next(a for a in typing.get_args(kind) if a is not type(None))
+  try:
+    if kind is bool:
+      if value.lower() not in ('true', 'false'):
+        raise ValueError(value)
+      return value.lower() == 'true'
+    if typing.get_origin(kind) is tuple:
+      item = typing.get_args(kind)[0]
+      return tuple(item(v) for v in value.split(',') if v)
+    return kind(value)
+  except ValueError:
+    if typing.get_origin(kind) is tuple:
+      what = f'a comma-separated list of {typing.get_args(kind)[0].__name__}'
+    else:
+      what = kind.__name__
+    raise ConfigError(
+        f'--{name}={value} in a flags file cannot be read as {what}.'
+    ) from None
+
+
+def config_from_flags_file(text: str) -> TrainConfig:
+  """A run's flags.txt as the (validated) TrainConfig it describes.
+
+  Missing fields read as their defaults (see `read_flags_file`); a flag
+  TrainConfig does not know is a ConfigError.
+  """
+  kinds = typing.get_type_hints(TrainConfig)
+  values = read_flags_file(text)
+  unknown = sorted(set(values) - set(kinds))
+  if unknown:
+    raise ConfigError(f'The flags file names --{unknown[0]}, which is not a '
+                      'training flag.')
+  return TrainConfig(**{name: _typed_value(name, value, kinds[name])
+                        for name, value in values.items()})
+
+
+def architecture(config: TrainConfig) -> Dict[str, Any]:
+  """The fields a checkpoint must agree with to be resumed."""
+  return {name: getattr(config, name) for name in ARCHITECTURE}
+
+
+def check_resume(config: TrainConfig, workdir: pathlib.Path,
+                 meta: Optional[Mapping[str, Any]],
+                 allow_config_change: bool = False) -> Dict[str, Any]:
+  """Checks that `config` may resume the run in `workdir`.
+
+  Args:
+    config: the configuration asked for now.
+    workdir: the run's folder (its flags.txt is the previous configuration).
+    meta: the latest checkpoint's metadata; None if there is no checkpoint.
+    allow_config_change: accept different training flags (not architecture).
+
+  Returns:
+    {field: [value there, value now]} for the training flags that differ
+    (empty unless `allow_config_change`).
+
+  Raises:
+    ConfigError: another architecture, other training flags without
+      `allow_config_change`, or a `stop_at_step` the run has passed.
+  """
+  if meta is None:
+    return {}
+  at = meta.get('next_step')  # every checkpoint train.py saves has it
+  if config.stop_at_step and at is not None and at >= config.stop_at_step:
+    raise ConfigError(
+        f'--stop_at_step={config.stop_at_step}, but the run in {workdir} is '
+        f'at step {at} already; give a later step, or none to continue.')
+  flags_path = workdir / FLAGS_FILE
+  before = (read_flags_file(flags_path.read_text())
+            if flags_path.exists() else {})
+  if 'architecture' in meta:
+    before.update({k: str(v) for k, v in meta['architecture'].items()})
+  now = parse_flags_file(config_to_flags(config))
+  differ = [k for k in TrainConfig.__dataclass_fields__
+            if k in before and k in now and before[k] != now[k]
+            and k not in LOOP_FIELDS]
+  arch = [k for k in differ if k in ARCHITECTURE]
+  if arch:
+    diffs = ', '.join(f'--{k}={before[k]} there, {now[k]} now' for k in arch)
+    raise ConfigError(
+        f'{workdir} holds a checkpoint of another architecture ({diffs}). '
+        'Use a new --workdir, or the same architecture flags to resume.')
+  if differ and not allow_config_change:
+    diffs = ', '.join(f'--{k}={before[k]} there, {now[k]} now'
+                      for k in differ)
+    raise ConfigError(
+        f'{workdir} holds a run with other training flags ({diffs}). Use the '
+        'same flags to resume it, a new --workdir, or --allow_config_change '
+        'to continue it with the new ones (recorded in metrics.jsonl).')
+  return {k: [before[k], now[k]] for k in differ}
