@@ -131,8 +131,8 @@ def _jax_runner(config: str, conv_method: str):
     return lambda: product(a, b).block_until_ready()
   if config == 'train_step':
     cfg = train_config.TrainConfig(batch_size=BATCH, patch_size=PATCH,
-                            eval_scales=(), progress=False,
-                            compute_dtype=jnp.dtype(dtype).name)
+                                   eval_scales=(), progress=False,
+                                   compute_dtype=jnp.dtype(dtype).name)
     mesh = train.make_mesh()
     model = train.create_model(cfg)
     tx, schedule = train.create_optimizer(cfg)

@@ -102,8 +102,8 @@ class RunFolder(NamedTuple):
 
 def read_run(run: pathlib.Path) -> RunFolder:
   """Reads and checks a run folder; ShipError if something is missing."""
-  missing = [n for n in (train_config.FLAGS_FILE, reporting.METRICS_FILE, EVAL_FILE)
-             if not (run / n).is_file()]
+  needed = (train_config.FLAGS_FILE, reporting.METRICS_FILE, EVAL_FILE)
+  missing = [n for n in needed if not (run / n).is_file()]
   if missing:
     raise ShipError(
         f'{run} lacks {", ".join(missing)}; a run folder needs flags.txt and '

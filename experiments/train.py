@@ -115,7 +115,8 @@ flags.DEFINE_enum('init_fan', _D.init_fan, list(models.INIT_FANS),
                   'He initialisation N(0, 2 / fan) over fan_in (3*3*in '
                   'channels, the paper) or fan_out (3*3*out channels, the '
                   'PyTorch port); they differ in the first and last layers.')
-flags.DEFINE_enum('compute_dtype', _D.compute_dtype, train_config.COMPUTE_DTYPES,
+flags.DEFINE_enum('compute_dtype', _D.compute_dtype,
+                  train_config.COMPUTE_DTYPES,
                   'Dtype of the network\'s arithmetic. bfloat16: mixed '
                   'precision for GPUs/TPUs (float32 parameters, optimiser, '
                   'loss and evaluation); slow on CPUs, whose fast kernels '

@@ -471,7 +471,8 @@ def test_flagfiles_parse_to_the_expected_configs():
       # The paper recipe, 91,000 steps with a long lr-0.001 phase.
       tail = cli.config_from_flags()
       assert tail == dataclasses.replace(
-          train_config.TrainConfig(loss='paper', clip_mode='value', clip_theta=1e-4),
+          train_config.TrainConfig(loss='paper', clip_mode='value',
+                                   clip_theta=1e-4),
           total_steps=91000, decay_boundaries=(9100, 18200, 86450),
           log_every=200, eval_every=9100, checkpoint_every=9100,
           keep_checkpoints=2), tail

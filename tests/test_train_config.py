@@ -49,10 +49,11 @@ def test_config_from_flags_file_reads_back_every_field_type():
   config = tiny_config(decay_boundaries=(3, 5), downscale_factors=(1.0, 0.7),
                        augment=False, data_dir='/data', num_processes=2,
                        time_limit=12.5)
-  assert train_config.config_from_flags_file(train_config.config_to_flags(config)) == config
+  text = train_config.config_to_flags(config)
+  assert train_config.config_from_flags_file(text) == config
   # A field missing from an older flags.txt reads as its default.
-  assert train_config.config_from_flags_file('--depth=3\n') == train_config.TrainConfig(
-      depth=3)
+  assert train_config.config_from_flags_file('--depth=3\n') == (
+      train_config.TrainConfig(depth=3))
 
 
 @pytest.mark.parametrize('text,expected', [

@@ -274,8 +274,8 @@ def read_image_folder(folder) -> list:
   paths = sorted(p for p in folder.iterdir()
                  if p.suffix.lower() in image_io.IMAGE_SUFFIXES)
   if not paths:
-    raise train_config.ConfigError(f'{folder} holds no images '
-                      f'({", ".join(image_io.IMAGE_SUFFIXES)}).')
+    raise train_config.ConfigError(
+        f'{folder} holds no images ({", ".join(image_io.IMAGE_SUFFIXES)}).')
   images = []
   for path in paths:
     try:
