@@ -126,17 +126,20 @@ def read_run(run: pathlib.Path) -> RunFolder:
   return RunFolder(run, config, records, scores)
 
 
+def _commit(session: Mapping[str, Any]) -> str:
+  """A session record's commit, short, marked if the tree was dirty."""
+  commit = str(session.get('git_commit') or 'unknown')[:7]
+  if session.get('git_dirty'):
+    commit += ' (uncommitted changes)'
+  return commit
+
+
 def _commits(records: Sequence[Mapping[str, Any]]) -> str:
   """The sessions' commits, in order, each once (dirty trees marked)."""
   seen = []
   for r in records:
-    if r.get('kind') != 'session':
-      continue
-    commit = str(r.get('git_commit') or 'unknown')[:7]
-    if r.get('git_dirty'):
-      commit += ' (uncommitted changes)'
-    if commit not in seen:
-      seen.append(commit)
+    if r.get('kind') == 'session' and _commit(r) not in seen:
+      seen.append(_commit(r))
   sessions = sum(r.get('kind') == 'session' for r in records)
   return f'{", ".join(seen)} ({sessions} sessions)'
 
@@ -150,13 +153,10 @@ def _sessions(records: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
   sessions = []
   for r in records:
     if r.get('kind') == 'session':
-      commit = str(r.get('git_commit') or 'unknown')[:7]
-      if r.get('git_dirty'):
-        commit += ' (uncommitted changes)'
       sessions.append({'steps': [int(r['step'])] * 2,
                        'platform': r.get('platform'),
                        'device_kind': r.get('device_kind'),
-                       'commit': commit, 'hours': None,
+                       'commit': _commit(r), 'hours': None,
                        '_start': r.get('time')})
     elif r.get('kind') == 'train' and sessions:
       last = sessions[-1]
