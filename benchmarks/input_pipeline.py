@@ -32,7 +32,6 @@ sys.path.insert(0, str(REPO))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from vdsr_jax import input_pipeline
 from vdsr_jax import train
-# pylint: enable=g-import-not-at-top,wrong-import-position
 from vdsr_jax import train_config
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
