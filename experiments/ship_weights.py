@@ -134,38 +134,31 @@ def _commit(session: Mapping[str, Any]) -> str:
   return commit
 
 
-def _commits(records: Sequence[Mapping[str, Any]]) -> str:
-  """The sessions' commits, in order, each once (dirty trees marked)."""
-  seen = []
-  for r in records:
-    if r.get('kind') == 'session' and _commit(r) not in seen:
-      seen.append(_commit(r))
-  sessions = sum(r.get('kind') == 'session' for r in records)
-  return f'{", ".join(seen)} ({sessions} sessions)'
-
-
 def _sessions(records: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
   """Where each session trained: its steps, machine, commit and hours.
 
   `hours` runs from the session's start (after loading the data) to its
   last logged step; None where the records carry no times.
   """
-  sessions = []
+  sessions, start = [], None
   for r in records:
     if r.get('kind') == 'session':
+      start = r.get('time')
       sessions.append({'steps': [int(r['step'])] * 2,
                        'platform': r.get('platform'),
                        'device_kind': r.get('device_kind'),
-                       'commit': _commit(r), 'hours': None,
-                       '_start': r.get('time')})
+                       'commit': _commit(r), 'hours': None})
     elif r.get('kind') == 'train' and sessions:
-      last = sessions[-1]
-      last['steps'][1] = int(r['step'])
-      if last['_start'] is not None and r.get('time') is not None:
-        last['hours'] = round((r['time'] - last['_start']) / 3600, 2)
-  for session in sessions:
-    del session['_start']
+      sessions[-1]['steps'][1] = int(r['step'])
+      if start is not None and r.get('time') is not None:
+        sessions[-1]['hours'] = round((r['time'] - start) / 3600, 2)
   return sessions
+
+
+def _commits(sessions: Sequence[Mapping[str, Any]]) -> str:
+  """The sessions' commits, in order, each once, and how many sessions."""
+  seen = dict.fromkeys(s['commit'] for s in sessions)
+  return f'{", ".join(seen)} ({len(sessions)} sessions)'
 
 
 def build_record(npz_bytes: bytes, folder: RunFolder, *, file_name: str,
@@ -201,7 +194,8 @@ def build_record(npz_bytes: bytes, folder: RunFolder, *, file_name: str,
                     'every benchmark at every trained scale.')
   cells = [(d, str(s)) for d in evaluation.BENCHMARKS for s in scales]
   psnr_mean = sum(scores[d][s]['psnr'] for d, s in cells) / len(cells)
-  commits = _commits(records)
+  sessions = _sessions(records)
+  commits = _commits(sessions)
   if (run / COMMIT_NOTES_FILE).is_file():
     commits += f'; see {_relative(run / COMMIT_NOTES_FILE)}'
   return {
@@ -213,7 +207,7 @@ def build_record(npz_bytes: bytes, folder: RunFolder, *, file_name: str,
       'batch_size': config.batch_size,
       'trained_from_commit': commits,
       'hardware': hardware,
-      'sessions': _sessions(records),
+      'sessions': sessions,
       'scales': scales,
       'evaluation': _relative(run / EVAL_FILE),
       'psnr': {d: {str(s): round(scores[d][str(s)]['psnr'], 3)
