@@ -684,10 +684,10 @@ def test_resume_with_other_training_flags_needs_explicit_override(tmp_path):
                              allow_config_change=True)
 
 
-def _flagfile_flags(flagfile: str) -> dict:
-  """{flag: value string} of the TrainConfig that experiments/train.py
-  builds from experiments/configs/FLAGFILE (parsed by absl, in a fresh
-  Python so that this process's flags stay untouched)."""
+def _flagfile_text(flagfile: str) -> str:
+  """The flags.txt lines (then 'OK') of the TrainConfig that
+  experiments/train.py builds from experiments/configs/FLAGFILE (parsed by
+  absl, in a fresh Python so that this process's flags stay untouched)."""
   code = textwrap.dedent('''
       import sys
       sys.path.insert(0, 'experiments')
@@ -698,7 +698,12 @@ def _flagfile_flags(flagfile: str) -> dict:
       print(train_config.config_to_flags(cli.config_from_flags()))
       print('OK')
   ''').replace('__FLAGFILE__', flagfile)
-  return train_config.parse_flags_file(_run_python_ok(code).stdout)
+  return _run_python_ok(code).stdout
+
+
+def _flagfile_flags(flagfile: str) -> dict:
+  """{flag: value string} of `_flagfile_text(flagfile)`."""
+  return train_config.parse_flags_file(_flagfile_text(flagfile))
 
 
 def _port_grid_patches(datasets_dir: pathlib.Path) -> int:
@@ -750,20 +755,20 @@ def test_port_forks_repeat_the_full_runs_updates(flagfile, shared_until):
   """A cut-down schedule forked from vdsr_port_aug/'s carried checkpoint
   trains exactly as the full run until `shared_until` (its own second decay,
   or its first where it decays early), so that checkpoint may start it."""
-  fork, full = (_flagfile_flags(f) for f in (
-      flagfile, 'vdsr_pytorch_port_aug.flags'))
+  texts = [_flagfile_text(f) for f in (
+      flagfile, 'vdsr_pytorch_port_aug.flags')]
+  fork, full = (train_config.parse_flags_file(t) for t in texts)
   schedule = ('total_steps', 'decay_every', 'decay_boundaries')
   differ = {k for k in set(fork) | set(full) if fork.get(k) != full.get(k)}
   assert differ <= set(schedule) | set(train_config.LOOP_FIELDS), differ
 
-  def decays_before(values):
+  def decays_before(text):
     """How many decays have happened at steps 0..shared_until."""
-    config = train_config.config_from_flags_file(
-        ''.join(f'--{k}={v}\n' for k, v in values.items()))
-    return np.searchsorted(config.boundaries, np.arange(shared_until + 1),
+    boundaries = train_config.config_from_flags_file(text).boundaries
+    return np.searchsorted(boundaries, np.arange(shared_until + 1),
                            side='right')
 
-  steps_fork, steps_full = decays_before(fork), decays_before(full)
+  steps_fork, steps_full = (decays_before(t) for t in texts)
   # Same learning rate at every step before shared_until, not after it.
   assert np.array_equal(steps_fork[:-1], steps_full[:-1])
   assert steps_fork[-1] != steps_full[-1]
