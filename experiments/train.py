@@ -247,8 +247,7 @@ def parse_duration(text: str) -> float:
 
 def config_from_flags() -> train_config.TrainConfig:
   """Builds the TrainConfig from the parsed flags (same names)."""
-  lists = {'scales': int, 'downscale_factors': float,
-           'decay_boundaries': int, 'eval_scales': int}
+  lists = train_config.list_fields()  # scales, decay_boundaries, ...
   values = {}
   for name in train_config.TrainConfig.__dataclass_fields__:
     if name in lists:

@@ -69,3 +69,11 @@ def test_config_from_flags_file_reads_back_every_field_type():
 def test_config_from_flags_file_bad_values(text, expected):
   with pytest.raises(train_config.ConfigError, match=re.escape(expected)):
     train_config.config_from_flags_file(text)
+
+
+def test_list_fields_are_the_tuple_fields_with_their_item_types():
+  # experiments/train.py reads these flags as comma-separated lists.
+  assert train_config.list_fields() == {
+      'scales': int, 'downscale_factors': float, 'decay_boundaries': int,
+      'eval_scales': int}
+  assert train_config.field_types()['data_dir'] is str  # Optional[str]

@@ -247,10 +247,25 @@ def read_flags_file(text: str) -> Dict[str, str]:
           **parse_flags_file(text)}
 
 
+def field_types() -> Dict[str, Any]:
+  """Each TrainConfig field's type, Optional[X] read as X."""
+  types = {}
+  for name, kind in typing.get_type_hints(TrainConfig).items():
+    if typing.get_origin(kind) is typing.Union:
+      kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    types[name] = kind
+  return types
+
+
+def list_fields() -> Dict[str, type]:
+  """{field: item type} of the fields given as comma-separated lists."""
+  return {name: typing.get_args(kind)[0]
+          for name, kind in field_types().items()
+          if typing.get_origin(kind) is tuple}
+
+
 def _typed_value(name: str, value: str, kind) -> Any:
-  """`value` (a flags-file string) as a `kind` (a TrainConfig field type)."""
-  if typing.get_origin(kind) is typing.Union:  # Optional[X]
-    kind = next(a for a in typing.get_args(kind) if a is not type(None))
+  """`value` (a flags-file string) as a `kind` (from `field_types`)."""
   try:
     if kind is bool:
       if value.lower() not in ('true', 'false'):
@@ -276,7 +291,7 @@ def config_from_flags_file(text: str) -> TrainConfig:
   Missing fields read as their defaults (see `read_flags_file`); a flag
   TrainConfig does not know is a ConfigError.
   """
-  kinds = typing.get_type_hints(TrainConfig)
+  kinds = field_types()
   values = read_flags_file(text)
   unknown = sorted(set(values) - set(kinds))
   if unknown:
