@@ -7,10 +7,12 @@
 # Extra flags go to experiments/train.py (e.g. --time_limit=540s).
 #
 # Writes to OUT: run.tgz (flags, metrics and newest checkpoint; continue with
-# experiments/carry_run.py --unpack), and metrics.jsonl, flags.txt and, once
-# training has finished, params.npz and curves.png. Exits with train.py's
-# status: 0 finished, 75 stopped by --time_limit (continue from OUT/run.tgz),
-# anything else a failure (the run is still packed if it has a checkpoint).
+# experiments/carry_run.py --unpack) and, once training has finished,
+# params.npz and curves.png: nothing that run.tgz already holds, since a
+# device call returns at most 8 files (two runs and their logs fit). Exits
+# with train.py's status: 0 finished, 75 stopped by --time_limit (continue
+# from OUT/run.tgz), anything else a failure (the run is still packed if it
+# has a checkpoint).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -56,7 +58,7 @@ status=$?
 mkdir -p "$OUT"
 "$python" experiments/carry_run.py --pack --workdir="$workdir" \
   --archive="$OUT/run.tgz" || echo "no checkpoint to pack" >&2
-for f in metrics.jsonl flags.txt params.npz curves.png; do
+for f in params.npz curves.png; do
   [[ -f "$workdir/$f" ]] && cp "$workdir/$f" "$OUT/"
 done
 exit "$status"
