@@ -750,6 +750,7 @@ def test_port_flagfiles_count_the_ports_epochs(datasets_dir, flagfile,
 @pytest.mark.parametrize('flagfile,shared_until', [
     ('vdsr_pytorch_port_aug_48k.flags', 45_100),
     ('vdsr_pytorch_port_aug_100k.flags', 97_000),
+    ('vdsr_pytorch_port_aug_130k.flags', 127_000),
 ])
 def test_port_forks_repeat_the_full_runs_updates(flagfile, shared_until):
   """A cut-down schedule forked from vdsr_port_aug/'s carried checkpoint
