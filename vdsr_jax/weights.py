@@ -196,7 +196,7 @@ def load_pretrained() -> Params:
 
   vdsr_jax's own multi-scale model (x2/x3/x4), trained on the 291 images
   with the PyTorch port's recipe on rotated/flipped patches
-  (`experiments/configs/vdsr_pytorch_port_aug_48k.flags`);
+  (`experiments/configs/vdsr_pytorch_port_aug_100k.flags`);
   `pretrained/vdsr_291.json` names its flagfile, run, commits and scores
   (see the README's results table).
   """
