@@ -54,6 +54,11 @@ from vdsr_jax import train_config
 from vdsr_jax import weights as weights_lib
 
 PARAMS_FILE = 'params.npz'
+# How far the loop may dispatch ahead of the device. JAX runs steps
+# asynchronously, and a stop (SIGTERM, Ctrl-C, --time_limit) is acted on at
+# the next step the loop dispatches, after every step already in flight has
+# run: two keep an accelerator fed while bounding that wait to two steps.
+MAX_STEPS_IN_FLIGHT = 2
 
 
 class TrainingError(RuntimeError):
@@ -390,7 +395,11 @@ class _Metrics:
     self.last_log = (None, time.time())  # (step, time)
 
   def add(self, step: int, metrics) -> None:
+    """Queues a step's metrics, first waiting for the step that is
+    MAX_STEPS_IN_FLIGHT older to finish (without fetching its metrics)."""
     self.pending.append((step, metrics))
+    if len(self.pending) > MAX_STEPS_IN_FLIGHT:
+      jax.block_until_ready(self.pending[-MAX_STEPS_IN_FLIGHT - 1][1])
 
   def check(self) -> None:
     """Fetches pending metrics; raises TrainingError on a non-finite step."""
