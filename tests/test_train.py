@@ -284,6 +284,38 @@ def test_parse_duration():
   _run_python_ok(code)
 
 
+def test_cli_flags_are_the_config_fields():
+  """experiments/train.py defines one flag per TrainConfig field, from the
+  field's default, type, help and choices, plus --workdir and
+  --allow_config_change; parsing no flags gives back the defaults."""
+  code = textwrap.dedent('''
+      import dataclasses, sys
+      sys.path.insert(0, 'experiments')
+      import train as cli  # experiments/train.py
+      from vdsr_jax import train_config
+      fields = dataclasses.fields(train_config.TrainConfig)
+      ours = set(cli.FLAGS.get_key_flags_for_module(sys.modules['train']))
+      names = {f.name for f in ours}
+      assert names == {f.name for f in fields} | {
+          'workdir', 'allow_config_change'}, names
+      cli.FLAGS(['train.py', '--workdir=w'])
+      assert cli.config_from_flags() == train_config.TrainConfig()
+      for f in fields:
+        assert len(f.metadata['help']) > 10, f.name
+        # (absl puts an enum's choices before its help: '<a|b>: ...')
+        assert cli.FLAGS[f.name].help.endswith(f.metadata['help']), f.name
+      assert cli.FLAGS['loss'].parser.enum_values == list(
+          train_config.LOSSES)
+      cli.FLAGS(['train.py', '--workdir=w', '--scales=3', '--noaugment',
+                 '--learning_rate=0.01', '--time_limit=2m', '--loss=sum'])
+      c = cli.config_from_flags()
+      assert (c.scales, c.augment, c.learning_rate, c.time_limit, c.loss) == (
+          (3,), False, 0.01, 120.0, 'sum'), c
+      print('OK')
+  ''')
+  _run_python_ok(code)
+
+
 def test_input_worker_processes_train_identically(tmp_path):
   threaded = run_tiny(tmp_path / 'thread', input_workers=0)
   workers = run_tiny(tmp_path / 'workers', input_workers=2)

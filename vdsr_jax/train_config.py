@@ -1,7 +1,8 @@
 """What a training run depends on (`TrainConfig`), and its flags.txt.
 
-`TrainConfig` mirrors `experiments/train.py`'s flags and is validated when
-built (one `ConfigError` naming the first bad value). A run's workdir keeps
+`TrainConfig` is `experiments/train.py`'s flags, one per field with its help
+text, and is validated when built (one `ConfigError` naming the first bad
+value). A run's workdir keeps
 it as `flags.txt` (`config_to_flags`); `config_from_flags_file` reads that
 back, and `check_resume` decides whether a config may continue a run: the
 architecture must match, the other training flags too unless overridden,
@@ -40,59 +41,147 @@ class ConfigError(ValueError):
   """The configuration cannot run (bad value, mismatch with devices/run)."""
 
 
+def _flag(default, help_text: str, choices: Optional[Tuple[str, ...]] = None):
+  """A TrainConfig field with its flag's help (and choices, for an enum)."""
+  metadata = {'help': help_text}
+  if choices is not None:
+    metadata['choices'] = tuple(choices)
+  return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """Everything a training run depends on; fields mirror the command flags."""
+  """Everything a training run depends on; one command flag per field.
+
+  Each field's metadata holds its flag's help (and choices, for an enum):
+  experiments/train.py defines its flags from these fields.
+  """
   # Data.
-  train_dataset: str = 'train291'
-  max_train_images: int = 0
-  data_dir: Optional[str] = None
-  tfds_dir: Optional[str] = None
-  train_images_dir: Optional[str] = None
-  eval_images_dir: Optional[str] = None
-  patch_size: int = 41
-  batch_size: int = 64
-  scales: Tuple[int, ...] = (2, 3, 4)
-  augment: bool = True
-  downscale_factors: Tuple[float, ...] = (1.0,)
-  prefetch: int = 2
-  input_workers: int = -1
-  seed: int = 0
+  train_dataset: str = _flag(
+      'train291', 'Dataset to train on (a vdsr_jax.datasets name).')
+  max_train_images: int = _flag(
+      0, 'Train on the first N images only (0: all); for quick runs.')
+  data_dir: Optional[str] = _flag(
+      None, 'Folder of the source images (Set5/, train291/, ...). Default: '
+      '$VDSR_DATA_DIR, else <repo>/../shared/datasets.')
+  tfds_dir: Optional[str] = _flag(
+      None, 'Where TFDS keeps the prepared datasets. Default: $TFDS_DATA_DIR, '
+      'else ~/tensorflow_datasets.')
+  train_images_dir: Optional[str] = _flag(
+      None, 'Train on the images in this folder (sorted by file name, read '
+      'with Pillow, no TFDS) instead of --train_dataset; e.g. the Y planes '
+      'written by experiments/export_luminance.py.')
+  eval_images_dir: Optional[str] = _flag(
+      None, 'Evaluate periodically on the HR images in this folder (e.g. a '
+      'copy of Set5/) instead of the set5 dataset.')
+  patch_size: int = _flag(
+      41, 'Side of the square training patches (41 in the paper).')
+  batch_size: int = _flag(
+      64, 'Global batch size, over all devices and processes (64 in the '
+      'paper).')
+  scales: Tuple[int, ...] = _flag(
+      (2, 3, 4), 'Integer upscaling factors, all mixed in every batch.')
+  augment: bool = _flag(
+      True, 'Augment with the 8 rotations by 90 degrees and flips.')
+  downscale_factors: Tuple[float, ...] = _flag(
+      (1.0,), 'Also train on the HR images downscaled by these factors in (0, '
+      '1], e.g. 1.0,0.9,0.8,0.7,0.6; 1.0 alone: off.')
+  prefetch: int = _flag(2, 'Batches prepared ahead of the training step.')
+  input_workers: int = _flag(
+      -1, 'Processes that build the training batches (same batches whatever '
+      'the number); 0: one thread of the training process; -1: 0 when '
+      'training on the CPU, 2 on a GPU/TPU, where the thread would slow the '
+      'loop.')
+  seed: int = _flag(0, 'Seeds the initialisation and the stream of batches.')
   # Model.
-  depth: int = 20
-  features: int = 64
-  residual: bool = True
-  compute_dtype: str = 'float32'
-  output_init_scale: float = 1.0
-  init_fan: str = 'fan_in'
+  depth: int = _flag(20, 'Number of conv layers (20).')
+  features: int = _flag(64, 'Filters of the hidden layers (64).')
+  residual: bool = _flag(
+      True, 'Predict the residual (output = input + network). --noresidual is '
+      "the paper's non-residual baseline.")
+  compute_dtype: str = _flag(
+      'float32', "Dtype of the network's arithmetic. bfloat16: mixed "
+      'precision for GPUs/TPUs (float32 parameters, optimiser, loss and '
+      'evaluation); slow on CPUs, whose fast kernels here are float32.',
+      choices=COMPUTE_DTYPES)
+  output_init_scale: float = _flag(
+      1.0, "The last layer's initial kernel is He's times this (1: the paper; "
+      '0: zeros, so training starts from the bicubic output instead of a '
+      'large random residual).')
+  init_fan: str = _flag(
+      'fan_in', 'He initialisation N(0, 2 / fan) over fan_in (3*3*in '
+      'channels, the paper) or fan_out (3*3*out channels, the PyTorch port); '
+      'they differ in the first and last layers.',
+      choices=tuple(models.INIT_FANS))
   # Objective and optimiser.
-  loss: str = 'mse'
-  optimizer: str = 'sgd'
-  learning_rate: float = 0.1
-  momentum: float = 0.9
-  weight_decay: float = 1e-4
-  decay_biases: bool = False
-  train_biases: bool = True
-  clip_mode: str = 'global_norm'
-  clip_theta: float = 0.4
-  clip_adjustable: bool = True
-  total_steps: int = 9960
-  decay_every: int = 0
-  decay_boundaries: Tuple[int, ...] = ()
-  decay_factor: float = 0.1
+  loss: str = _flag(
+      'mse', 'mse: mean squared error over all pixels; paper: 1/2 * sum of '
+      'squares per patch, averaged over the batch (= 0.5 * patch_size^2 * '
+      'mse); sum: squared error summed over the whole batch (= patch_size^2 * '
+      "batch_size * mse, the PyTorch port's). Logged loss is always mse.",
+      choices=LOSSES)
+  optimizer: str = _flag(
+      'sgd', "sgd: the paper's SGD with momentum; adam: Adam (then use a "
+      'small --learning_rate, e.g. 1e-4).', choices=optimizers.OPTIMIZERS)
+  learning_rate: float = _flag(0.1, 'Initial learning rate (0.1 in the paper).')
+  momentum: float = _flag(0.9, 'SGD momentum.')
+  weight_decay: float = _flag(
+      1e-4, 'L2 weight decay added to the gradients (after clipping).')
+  decay_biases: bool = _flag(
+      False, 'Apply weight decay to the biases too (default: kernels only).')
+  train_biases: bool = _flag(
+      True, 'False: the biases keep their initial value, zero (the bias-free '
+      'VDSR of the PyTorch port); their gradients are left out of the '
+      'clipping norm.')
+  clip_mode: str = _flag(
+      'global_norm', 'Adjustable gradient clipping to clip_theta / lr: '
+      'global_norm clips the global gradient norm, value clips each element '
+      '(the paper), none disables it.', choices=optimizers.CLIP_MODES)
+  clip_theta: float = _flag(
+      0.4, 'Clipping constant theta; the threshold is theta / lr.')
+  clip_adjustable: bool = _flag(
+      True, "True: the paper's threshold theta / lr. False: a fixed threshold "
+      "theta (Caffe's clip_gradients), so steps shrink with every "
+      'learning-rate decay.')
+  total_steps: int = _flag(
+      9960, "Number of updates (9960 of batch 64 = the paper's 80 epochs in "
+      "the public reimplementations' accounting).")
+  decay_every: int = _flag(
+      0, 'Divide the learning rate every N steps; 0: every quarter of '
+      'total_steps (the paper: every 20 of 80 epochs).')
+  decay_boundaries: Tuple[int, ...] = _flag(
+      (), 'Explicit steps at which to divide the learning rate (overrides '
+      '--decay_every).')
+  decay_factor: float = _flag(
+      0.1, 'Multiply the learning rate by this at each boundary.')
   # Loop.
-  log_every: int = 50
-  checkpoint_every: int = 1000
-  keep_checkpoints: int = 3
-  eval_every: int = 1000
-  eval_scales: Tuple[int, ...] = (2, 3, 4)
-  progress: bool = True
-  time_limit: float = 0.0  # seconds of this process's work; 0: none
-  stop_at_step: int = 0  # save and stop after this step; 0: none
+  log_every: int = _flag(
+      50, 'Write a metrics record (means since the last one) every N steps.')
+  checkpoint_every: int = _flag(
+      1000, 'Save a checkpoint every N steps (0: only at the end).')
+  keep_checkpoints: int = _flag(3, 'Keep the last N checkpoints.')
+  eval_every: int = _flag(
+      1000, 'Evaluate on Set5 every N steps (0: only at the end).')
+  eval_scales: Tuple[int, ...] = _flag(
+      (2, 3, 4), 'Set5 scales to evaluate (empty: no evaluation).')
+  progress: bool = _flag(True, 'Show a progress bar.')
+  time_limit: float = _flag(
+      0.0, 'Stop once this many seconds have passed since the run started '
+      '(loading and compiling included; the flag also takes 540s, 45m, 2.5h; '
+      '0: no limit): save a checkpoint and exit with status 75; the same '
+      'command continues.')
+  stop_at_step: int = _flag(
+      0, 'Once this step is done, save a checkpoint and exit with status 75 '
+      '(0: never): a run stopped at an exact step, e.g. where another '
+      'schedule forks from it. Run without it (or with a later step) to '
+      'continue.')
   # Multi-host (all unset: a single process).
-  coordinator_address: Optional[str] = None
-  num_processes: Optional[int] = None
-  process_id: Optional[int] = None
+  coordinator_address: Optional[str] = _flag(
+      None, 'HOST:PORT of process 0, to start jax.distributed.')
+  num_processes: Optional[int] = _flag(
+      None, 'Number of processes of a multi-host run.')
+  process_id: Optional[int] = _flag(
+      None, 'Index of this process in a multi-host run.')
 
   def __post_init__(self):
     for name in ('scales', 'downscale_factors', 'decay_boundaries',
