@@ -184,8 +184,7 @@ class TrainConfig:
       None, 'Index of this process in a multi-host run.')
 
   def __post_init__(self):
-    for name in ('scales', 'downscale_factors', 'decay_boundaries',
-                 'eval_scales'):
+    for name in list_fields():  # lists given as any sequence: tuples
       object.__setattr__(self, name, tuple(getattr(self, name)))
     problems = list(_problems(self))
     if problems:
