@@ -828,7 +828,7 @@ def test_trained_runs_match_their_flagfiles(flagfile, run):
 
 def test_the_loop_keeps_at_most_a_few_steps_in_flight():
   """JAX dispatches steps asynchronously; unbounded, the loop ran up to
-  log_every steps ahead of the device (100 steps, ~4 minutes of a 2-core
+  log_every steps ahead of the device (100 steps, 2-4 minutes of a 2-core
   CPU), and SIGTERM or the time limit took effect only after all of them.
   Each new step's metrics wait for the step MAX_STEPS_IN_FLIGHT before."""
 
