@@ -77,3 +77,16 @@ def test_list_fields_are_the_tuple_fields_with_their_item_types():
       'scales': int, 'downscale_factors': float, 'decay_boundaries': int,
       'eval_scales': int}
   assert train_config.field_types()['data_dir'] is str  # Optional[str]
+
+
+@pytest.mark.parametrize('name,choices', [
+    ('compute_dtype', 'float32, bfloat16'),
+    ('init_fan', 'fan_in, fan_out'),
+    ('loss', 'mse, paper, sum'),
+    ('optimizer', 'sgd, adam'),
+    ('clip_mode', 'global_norm, value, none'),
+])
+def test_an_unknown_choice_is_one_error_naming_the_choices(name, choices):
+  with pytest.raises(train_config.ConfigError) as e:
+    train_config.TrainConfig(**{name: 'bogus'})
+  assert str(e.value) == f"--{name} must be one of {choices}, got 'bogus'."

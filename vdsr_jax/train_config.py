@@ -240,23 +240,14 @@ def _problems(c: TrainConfig):
       0.0 < f <= 1.0 for f in c.downscale_factors):
     yield ('--downscale_factors must be values in (0, 1], got '
            f'{c.downscale_factors!r}.')
-  if c.compute_dtype not in COMPUTE_DTYPES:
-    yield (f'--compute_dtype must be one of {", ".join(COMPUTE_DTYPES)}, '
-           f'got {c.compute_dtype!r}.')
-  if c.init_fan not in models.INIT_FANS:
-    yield (f'--init_fan must be one of {", ".join(models.INIT_FANS)}, '
-           f'got {c.init_fan!r}.')
-  if c.loss not in LOSSES:
-    yield f'--loss must be one of {", ".join(LOSSES)}, got {c.loss!r}.'
-  if c.optimizer not in optimizers.OPTIMIZERS:
-    yield (f'--optimizer must be one of {", ".join(optimizers.OPTIMIZERS)}, '
-           f'got {c.optimizer!r}.')
+  for f in dataclasses.fields(c):  # the enums: their flags' choices
+    choices = f.metadata.get('choices')
+    if choices is not None and getattr(c, f.name) not in choices:
+      yield (f'--{f.name} must be one of {", ".join(choices)}, '
+             f'got {getattr(c, f.name)!r}.')
   if c.decay_biases and not c.train_biases:
     yield ('--decay_biases and --notrain_biases contradict each other: '
            'frozen biases are not decayed.')
-  if c.clip_mode not in optimizers.CLIP_MODES:
-    yield (f'--clip_mode must be one of {", ".join(optimizers.CLIP_MODES)}, '
-           f'got {c.clip_mode!r}.')
   for name in ('learning_rate', 'clip_theta', 'decay_factor'):
     v = getattr(c, name)
     if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
