@@ -60,6 +60,8 @@ def define_config_flags() -> None:
   """One flag per TrainConfig field, with its default, type and help."""
   lists = train_config.list_fields()
   types = train_config.field_types()
+  define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
+            float: flags.DEFINE_float, str: flags.DEFINE_string}
   for field in dataclasses.fields(train_config.TrainConfig):
     name, default, help_text = field.name, field.default, field.metadata['help']
     if name == 'time_limit':  # a duration: 540s, 45m, 2.5h (parse_duration)
@@ -70,8 +72,6 @@ def define_config_flags() -> None:
     elif name in lists:
       flags.DEFINE_list(name, [str(v) for v in default], help_text)
     else:
-      define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
-                float: flags.DEFINE_float, str: flags.DEFINE_string}
       define[types[name]](name, default, help_text)
 
 
