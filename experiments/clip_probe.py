@@ -61,8 +61,10 @@ _STEPS = flags.DEFINE_integer('steps', 30, 'Steps per setting.')
 _BATCH = flags.DEFINE_integer('batch_size', 16, 'Global batch size.')
 _EVERY_NTH_IMAGE = flags.DEFINE_integer(
     'every_nth_image', 5, 'Use every n-th train291 image (faster start).')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'Source images folder.')
-_TFDS_DIR = flags.DEFINE_string('tfds_dir', None, 'Prepared TFDS folder.')
+_DATA_DIR = flags.DEFINE_string('data_dir', None,
+                                train_config.DATA_DIR_HELP)
+_TFDS_DIR = flags.DEFINE_string('tfds_dir', None,
+                                train_config.TFDS_DIR_HELP)
 _IMAGES_DIR = flags.DEFINE_string(
     'train_images_dir', None, 'A folder of training images to use instead '
     'of the train291 dataset (e.g. experiments/export_luminance.py output).')

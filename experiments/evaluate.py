@@ -23,6 +23,7 @@ except ImportError:  # Running from a checkout without `pip install -e .`.
 from vdsr_jax import atomic  # pylint: disable=g-import-not-at-top
 from vdsr_jax import datasets as datasets_lib
 from vdsr_jax import evaluation
+from vdsr_jax import train_config
 from vdsr_jax import weights as weights_lib
 
 _METHOD = flags.DEFINE_enum('method', 'vdsr', list(evaluation.METHODS),
@@ -34,12 +35,10 @@ _WEIGHTS = flags.DEFINE_string(
 _DATASETS = flags.DEFINE_list('datasets', list(evaluation.BENCHMARKS),
                               'Benchmarks to score.')
 _SCALES = flags.DEFINE_list('scales', ['2', '3', '4'], 'Integer scale factors.')
-_DATA_DIR = flags.DEFINE_string(
-    'data_dir', None, 'Folder holding Set5/, Set14/, B100/, Urban100/ '
-    '(default: $VDSR_DATA_DIR, else ../shared/datasets).')
-_TFDS_DIR = flags.DEFINE_string(
-    'tfds_dir', None, 'Where TFDS keeps prepared datasets (default: '
-    '$TFDS_DATA_DIR or ~/tensorflow_datasets).')
+_DATA_DIR = flags.DEFINE_string('data_dir', None,
+                                train_config.DATA_DIR_HELP)
+_TFDS_DIR = flags.DEFINE_string('tfds_dir', None,
+                                train_config.TFDS_DIR_HELP)
 _JSON_OUT = flags.DEFINE_string('json_out', None, 'Write the results here.')
 _PAPER_TABLE = flags.DEFINE_string(
     'paper_table', None, "CSV of the paper's Table 3 to compare against "

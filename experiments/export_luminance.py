@@ -29,12 +29,15 @@ except ImportError:
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from vdsr_jax import datasets
 from vdsr_jax import input_pipeline
+from vdsr_jax import train_config
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _OUT = flags.DEFINE_string('out', None, 'Folder to create (must not exist).')
 _DATASET = flags.DEFINE_string('dataset', 'train291', 'Dataset to export.')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'Source images folder.')
-_TFDS_DIR = flags.DEFINE_string('tfds_dir', None, 'Prepared TFDS folder.')
+_DATA_DIR = flags.DEFINE_string('data_dir', None,
+                                train_config.DATA_DIR_HELP)
+_TFDS_DIR = flags.DEFINE_string('tfds_dir', None,
+                                train_config.TFDS_DIR_HELP)
 flags.mark_flag_as_required('out')
 
 

@@ -72,12 +72,10 @@ _TOLERANCE = flags.DEFINE_float(
     'between the re-scored datasets and eval.json. Machines differ by up to '
     '~0.003 dB (a GPU\'s TF32 against this CPU); the shipped run\'s '
     'checkpoint 500 steps before its end differs by 0.017 dB on Set5 x2.')
-_DATA_DIR = flags.DEFINE_string(
-    'data_dir', None, 'Folder holding the benchmarks (default: '
-    '$VDSR_DATA_DIR, else ../shared/datasets).')
-_TFDS_DIR = flags.DEFINE_string(
-    'tfds_dir', None, 'Where TFDS keeps prepared datasets (default: '
-    '$TFDS_DATA_DIR or ~/tensorflow_datasets).')
+_DATA_DIR = flags.DEFINE_string('data_dir', None,
+                                train_config.DATA_DIR_HELP)
+_TFDS_DIR = flags.DEFINE_string('tfds_dir', None,
+                                train_config.TFDS_DIR_HELP)
 
 
 class ShipError(ValueError):

@@ -35,6 +35,12 @@ LOOP_FIELDS = ('data_dir', 'tfds_dir', 'train_images_dir', 'eval_images_dir',
                'time_limit', 'stop_at_step',
                'coordinator_address', 'num_processes', 'process_id')
 FLAGS_FILE = 'flags.txt'
+# Help of --data_dir/--tfds_dir, which the experiment scripts define too
+# (here, not in vdsr_jax.datasets, so that importing this stays TFDS-free).
+DATA_DIR_HELP = ('Folder of the source images (Set5/, train291/, ...). '
+                 'Default: $VDSR_DATA_DIR, else <repo>/../shared/datasets.')
+TFDS_DIR_HELP = ('Where TFDS keeps the prepared datasets. Default: '
+                 '$TFDS_DATA_DIR, else ~/tensorflow_datasets.')
 
 
 class ConfigError(ValueError):
@@ -61,12 +67,8 @@ class TrainConfig:
       'train291', 'Dataset to train on (a vdsr_jax.datasets name).')
   max_train_images: int = _flag(
       0, 'Train on the first N images only (0: all); for quick runs.')
-  data_dir: Optional[str] = _flag(
-      None, 'Folder of the source images (Set5/, train291/, ...). Default: '
-      '$VDSR_DATA_DIR, else <repo>/../shared/datasets.')
-  tfds_dir: Optional[str] = _flag(
-      None, 'Where TFDS keeps the prepared datasets. Default: $TFDS_DATA_DIR, '
-      'else ~/tensorflow_datasets.')
+  data_dir: Optional[str] = _flag(None, DATA_DIR_HELP)
+  tfds_dir: Optional[str] = _flag(None, TFDS_DIR_HELP)
   train_images_dir: Optional[str] = _flag(
       None, 'Train on the images in this folder (sorted by file name, read '
       'with Pillow, no TFDS) instead of --train_dataset; e.g. the Y planes '
