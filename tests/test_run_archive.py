@@ -4,6 +4,7 @@ import io
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -16,6 +17,7 @@ from test_train import run_tiny
 from vdsr_jax import checkpointing
 from vdsr_jax import run_archive
 from vdsr_jax import train
+from vdsr_jax import weights
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -224,10 +226,11 @@ def test_remote_train_script_stops_packs_and_continues(tmp_path):
   assert 'warning: git names commit' in first.stderr
 
 
-def test_remote_train_script_forks_at_a_step_in_one_workdir(tmp_path):
+def test_remote_train_script_forks_at_a_step_in_a_copied_workdir(tmp_path):
   """The device flow of experiments/remote/README.md: one schedule stopped
-  at an exact step (its archive kept), then a fork of it continued in the
-  same workdir with its own flagfile."""
+  at an exact step (its archive kept), a fork of it continued in a copy of
+  its workdir with its own flagfile, then, in a later call, the schedule
+  itself continued in the workdir it left."""
   bundle = _bundle(tmp_path / 'bundle')
   tiny = ('--depth=3\n--features=8\n--patch_size=17\n--batch_size=8\n'
           '--log_every=1\n--checkpoint_every=1\n--eval_every=0\n'
@@ -236,13 +239,14 @@ def test_remote_train_script_forks_at_a_step_in_one_workdir(tmp_path):
   full.write_text(tiny + '--total_steps=8\n--decay_every=4\n')
   fork = tmp_path / 'fork.flags'
   fork.write_text(tiny + '--total_steps=5\n--decay_boundaries=4\n')
-  workdir = tmp_path / 'w'  # one workdir for both invocations
+  workdir, fork_workdir = tmp_path / 'w', tmp_path / 'w_fork'
 
   first = _remote_train(bundle, tmp_path / 'full', workdir, full,
                         '--stop_at_step=4')
   assert first.returncode == 75, first.stderr
   assert 'as --stop_at_step asked' in first.stderr
-  second = _remote_train(bundle, tmp_path / 'fork', workdir, fork,
+  shutil.copytree(workdir, fork_workdir)  # the README's `cp -a`
+  second = _remote_train(bundle, tmp_path / 'fork', fork_workdir, fork,
                          '--allow_config_change')
   assert second.returncode == 0, second.stderr
   # The full schedule's archive holds step 4, to be continued later.
@@ -263,3 +267,20 @@ def test_remote_train_script_forks_at_a_step_in_one_workdir(tmp_path):
   assert set(sessions[1]['changed_flags']) == {'total_steps', 'decay_every',
                                                'decay_boundaries'}
   assert (tmp_path / 'fork' / 'params.npz').exists()
+  # A follow-up call on the same machine goes on with the full schedule
+  # from the workdir the fork left alone, and matches the same schedule
+  # run straight through.
+  third = _remote_train(bundle, tmp_path / 'later', workdir, full)
+  assert third.returncode == 0, third.stderr
+  run_archive.unpack(tmp_path / 'later' / 'run.tgz', tmp_path / 'resumed')
+  records = [json.loads(line) for line in
+             (tmp_path / 'resumed' / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in records if r['kind'] == 'train'] == list(
+      range(1, 9))
+  assert [r['step'] for r in records if r['kind'] == 'session'] == [0, 4]
+  straight = _remote_train(bundle, tmp_path / 'straight', tmp_path / 'w2',
+                           full)
+  assert straight.returncode == 0, straight.stderr
+  _assert_same_params(
+      weights.load_npz(tmp_path / 'later' / 'params.npz'),
+      weights.load_npz(tmp_path / 'straight' / 'params.npz'))
