@@ -1,9 +1,11 @@
-r"""Draws curves.png and prints the summary table of a (possibly unfinished) run.
+r"""Draws curves.png and prints the summary tables of a (possibly unfinished) run.
 
   python experiments/plot_curves.py --workdir=workdirs/vdsr_291 [--out=curves.png]
 
 train.py does this at the end of a run; use this for a run that was stopped
-(Ctrl-C) or is still going.
+(Ctrl-C) or is still going. The second table has a row per learning-rate
+phase: its first and last `--window` steps' mean training loss, i.e. whether
+the phase was still improving when it ended.
 """
 
 import pathlib
@@ -24,6 +26,9 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'The run folder.',
                                required=True)
 _OUT = flags.DEFINE_string('out', None,
                            'PNG to write (default: <workdir>/curves.png).')
+_WINDOW = flags.DEFINE_integer(
+    'window', 2000, 'Steps at the start and end of each learning-rate phase '
+    'whose training loss the phase table averages.', lower_bound=1)
 
 
 def main(argv):
@@ -36,6 +41,8 @@ def main(argv):
   out = pathlib.Path(_OUT.value or workdir / reporting.CURVES_FILE)
   reporting.plot_curves(records, out, paper)
   print(reporting.summary_table(records, paper))
+  print()
+  print(reporting.phase_table(records, _WINDOW.value))
   print(f'Wrote {out}')
 
 

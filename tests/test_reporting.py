@@ -1,4 +1,9 @@
-"""Tests for vdsr_jax.reporting: curves, summary table, named paths."""
+"""Tests for vdsr_jax.reporting: curves, summary and phase tables, named paths."""
+
+import json
+import pathlib
+import subprocess
+import sys
 
 from PIL import Image
 import pytest
@@ -44,6 +49,46 @@ def test_summary_table_of_an_unevaluated_run_shows_its_last_loss():
   lines = reporting.summary_table(_train_records_at([100, 250])).splitlines()
   assert lines[0].split() == ['step', 'loss']
   assert lines[-1].split() == ['250', '4.000e-05']
+
+
+def test_phase_table_has_a_row_per_learning_rate_with_its_first_and_last_loss():
+  def rec(step, loss, lr):
+    return {'kind': 'train', 'step': step, 'loss': loss, 'lr': lr}
+  records = ([rec(s, 1e-2 - s * 1e-6, 0.1) for s in range(100, 1001, 100)]
+             + [_eval_record(1000, 36.0, 32.0)]
+             # 0.01 as the float32 the records hold; a repeated step (a
+             # resume) counts once, with its later loss.
+             + [rec(s, 5e-3, 0.010000000707805157) for s in (1100, 1200)]
+             + [rec(1200, 4e-3, 0.01), rec(1300, 4e-3, 0.01)]
+             + [rec(1400, 3e-3, 0.001)])
+  lines = reporting.phase_table(records, window=300).splitlines()
+  assert lines[0].split() == ['steps', 'lr', 'records', 'loss', 'first',
+                              '300', 'loss', 'last', '300', 'change']
+  rows = [line.split() for line in lines[2:]]
+  # lr 0.1: steps 100-300 average 9.8e-3, steps 800-1000 9.1e-3.
+  assert rows[0] == ['0-1000', '0.1', '10', '9.8000e-03', '9.1000e-03',
+                     '-7.1%']
+  assert rows[1] == ['1000-1300', '0.01', '3', '4.3333e-03', '4.3333e-03',
+                     '0.0%']
+  assert rows[2] == ['1300-1400', '0.001', '1', '3.0000e-03', '3.0000e-03',
+                     '0.0%']
+  assert len(rows) == 3
+
+
+def test_plot_curves_script_draws_and_prints_both_tables(tmp_path):
+  records = _train_records_at([100, 200]) + [_eval_record(200, 36.1, 32.2)]
+  (tmp_path / reporting.METRICS_FILE).write_text(
+      ''.join(json.dumps(r) + '\n' for r in records))
+  script = pathlib.Path(__file__).resolve().parents[1] / 'experiments' / (
+      'plot_curves.py')
+  done = subprocess.run(
+      [sys.executable, str(script), f'--workdir={tmp_path}', '--window=100'],
+      capture_output=True, text=True, check=False, timeout=300)
+  assert done.returncode == 0, done.stderr
+  assert '36.100' in done.stdout  # the evaluations' table
+  assert '0-200' in done.stdout and 'loss last 100' in done.stdout  # phases
+  with Image.open(tmp_path / reporting.CURVES_FILE) as png:
+    assert png.width > 0
 
 
 def test_named_paths_keeps_order_and_rejects_bad_or_repeated_names():

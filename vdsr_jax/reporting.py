@@ -14,7 +14,8 @@
 * `workdir/tensorboard/`: the same scalars as TensorBoard events (written
   with tensorboardX; TensorFlow is not needed).
 * `workdir/curves.png`: loss and PSNR against step (`plot_curves`).
-* `summary_table`: a text table of the evaluations.
+* `summary_table`: a text table of the evaluations; `phase_table`: the
+  training loss at the start and end of each learning-rate phase.
 
 On resume, records after the resumed step (logged after the checkpoint by an
 interrupted run) are dropped so the file describes one consistent run.
@@ -276,4 +277,41 @@ def summary_table(records: List[Dict[str, Any]],
   if paper and keys:
     lines.append(f'{"paper":>8} {"":>10}' + ''.join(
         f' {paper[k]:>10.2f}' if k in paper else f' {"-":>10}' for k in keys))
+  return '\n'.join(lines)
+
+
+def phase_table(records: List[Dict[str, Any]], window: int = 2000) -> str:
+  """Text table: one row per constant-learning-rate stretch of the run.
+
+  Each row gives the stretch's steps, its lr and the mean training loss of
+  its first and of its last `window` steps (the train records ending in
+  them), so one can see whether a phase was still improving when it ended,
+  the question behind cutting or extending a schedule.
+  """
+  by_step = {}
+  for r in records:
+    if r.get('kind') == 'train' and r.get('loss') is not None:
+      by_step[r['step']] = r  # a repeated step: the later record counts
+  train = [by_step[s] for s in sorted(by_step)]
+  phases = []  # [lr, first step, [records]]
+  prev_step = 0
+  for r in train:
+    lr = r.get('lr')
+    if (not phases or lr is None or phases[-1][0] is None
+        or not math.isclose(lr, phases[-1][0], rel_tol=1e-3)):
+      phases.append([lr, prev_step, []])
+    phases[-1][2].append(r)
+    prev_step = r['step']
+  header = (f'{"steps":>17} {"lr":>9} {"records":>8} '
+            f'{"loss first " + str(window):>17} '
+            f'{"loss last " + str(window):>17} {"change":>7}')
+  lines = [header, '-' * len(header)]
+  for lr, start, rs in phases:
+    end = rs[-1]['step']
+    first = [r['loss'] for r in rs if r['step'] <= start + window]
+    last = [r['loss'] for r in rs if r['step'] > end - window]
+    a, b = sum(first) / len(first), sum(last) / len(last)
+    lr_text = f'{lr:>9.2g}' if lr is not None else f'{"-":>9}'
+    lines.append(f'{f"{start}-{end}":>17} {lr_text} {len(rs):>8} '
+                 f'{a:>17.4e} {b:>17.4e} {100 * (b - a) / a:>6.1f}%')
   return '\n'.join(lines)
