@@ -73,6 +73,11 @@ def test_phase_table_has_a_row_per_learning_rate_with_its_first_and_last_loss():
   assert rows[2] == ['1300-1400', '0.001', '1', '3.0000e-03', '3.0000e-03',
                      '0.0%']
   assert len(rows) == 3
+  # Records without an lr form one phase, not one each.
+  no_lr = [{'kind': 'train', 'step': s, 'loss': 1e-3} for s in (10, 20, 30)]
+  rows = reporting.phase_table(no_lr, window=10).splitlines()[2:]
+  assert [row.split() for row in rows] == [
+      ['0-30', '-', '3', '1.0000e-03', '1.0000e-03', '0.0%']]
 
 
 def test_plot_curves_script_draws_and_prints_both_tables(tmp_path):
