@@ -280,6 +280,14 @@ def summary_table(records: List[Dict[str, Any]],
   return '\n'.join(lines)
 
 
+def _same_lr(a: Optional[float], b: Optional[float]) -> bool:
+  """Whether two records' learning rates are one phase's (float32 values,
+  e.g. 0.010000000707805157 and 0.01; records without an lr are one)."""
+  if a is None or b is None:
+    return a is b
+  return math.isclose(a, b, rel_tol=1e-3)
+
+
 def phase_table(records: List[Dict[str, Any]], window: int = 2000) -> str:
   """Text table: one row per constant-learning-rate stretch of the run.
 
@@ -293,16 +301,11 @@ def phase_table(records: List[Dict[str, Any]], window: int = 2000) -> str:
     if r.get('kind') == 'train' and r.get('loss') is not None:
       by_step[r['step']] = r  # a repeated step: the later record counts
   train = [by_step[s] for s in sorted(by_step)]
-  def same_lr(a, b):
-    if a is None or b is None:
-      return a is b
-    return math.isclose(a, b, rel_tol=1e-3)  # float32 records, e.g. 0.01
-
   phases = []  # [lr, first step, [records]]
   prev_step = 0
   for r in train:
     lr = r.get('lr')
-    if not phases or not same_lr(lr, phases[-1][0]):
+    if not phases or not _same_lr(lr, phases[-1][0]):
       phases.append([lr, prev_step, []])
     phases[-1][2].append(r)
     prev_step = r['step']
