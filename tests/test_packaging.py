@@ -17,7 +17,7 @@ import zipfile
 
 from vdsr_jax import weights
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # What setup.cfg reads besides the package itself.
 BUILD_FILES = ('setup.cfg', 'pyproject.toml', 'README.md', 'LICENSE')
 # Build products and local artifacts a clean clone does not have.
@@ -25,18 +25,24 @@ IGNORED = shutil.ignore_patterns('__pycache__', '*.pyc', '*.so', '*.so.*',
                                  '*.egg-info')
 
 
+def _run_python(*args, **kwargs) -> str:
+  """Runs this Python with `args`; it must exit 0. Returns its stdout."""
+  result = subprocess.run([sys.executable, *args], capture_output=True,
+                          text=True, timeout=300, check=False, **kwargs)
+  assert result.returncode == 0, result.stderr
+  return result.stdout
+
+
 def _build_wheel(tmp_path: pathlib.Path) -> pathlib.Path:
   src = tmp_path / 'src'
-  shutil.copytree(ROOT / 'vdsr_jax', src / 'vdsr_jax', ignore=IGNORED)
+  shutil.copytree(REPO_ROOT / 'vdsr_jax', src / 'vdsr_jax', ignore=IGNORED)
   for name in BUILD_FILES:
-    shutil.copy2(ROOT / name, src / name)
+    shutil.copy2(REPO_ROOT / name, src / name)
   out = tmp_path / 'wheels'
   # No build isolation: setuptools comes from requirements-dev.txt, so the
   # build needs no index.
-  subprocess.run([
-      sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps',
-      '--no-build-isolation', '-w', str(out), str(src)
-  ], check=True, capture_output=True)
+  _run_python('-m', 'pip', 'wheel', '-q', '--no-deps', '--no-build-isolation',
+              '-w', str(out), str(src))
   (wheel,) = out.glob('vdsr_jax-*.whl')
   return wheel
 
@@ -53,10 +59,8 @@ def test_wheel_ships_the_weights_and_they_load(tmp_path):
   assert not [n for n in names if n.startswith(('tests/', 'experiments/'))]
 
   site = tmp_path / 'site'
-  subprocess.run([
-      sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--target',
-      str(site), str(wheel)
-  ], check=True, capture_output=True)
+  _run_python('-m', 'pip', 'install', '-q', '--no-deps', '--target', str(site),
+              str(wheel))
   # A fresh process that can only find the installed copy: upscale with the
   # shipped weights (load_npz verifies their checksum).
   script = (
@@ -66,8 +70,6 @@ def test_wheel_ships_the_weights_and_they_load(tmp_path):
       'out = vdsr_jax.upscale(vdsr_jax.load_pretrained(), img, 3)\n'
       'print(*out.shape, sep="x")\n')
   env = dict(os.environ, PYTHONPATH=str(site))
-  done = subprocess.run([sys.executable, '-c', script], cwd=tmp_path,
-                        env=env, check=True, capture_output=True, text=True)
-  where, shape = done.stdout.split()
+  where, shape = _run_python('-c', script, cwd=tmp_path, env=env).split()
   assert pathlib.Path(where).is_relative_to(site), where
   assert shape == '72x60'  # 3 x (24, 20)

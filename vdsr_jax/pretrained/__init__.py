@@ -1,5 +1,6 @@
 """The shipped weights (`vdsr_291.npz`) and the record of their run (`.json`).
 
-A package only so that setuptools packages the folder; the files are read by
-`vdsr_jax.weights.load_pretrained`.
+The files are package data of `vdsr_jax` (setup.cfg) and are read by
+`vdsr_jax.weights.load_pretrained`. This module only makes the folder a
+package, so that building the wheel does not warn that it would be ignored.
 """
