@@ -53,10 +53,17 @@ def test_wheel_ships_the_weights_and_they_load(tmp_path):
     shipped = zf.read('vdsr_jax/pretrained/vdsr_291.npz')
     card = json.loads(zf.read('vdsr_jax/pretrained/vdsr_291.json'))
     names = zf.namelist()
+    (metadata,) = [n for n in names if n.endswith('.dist-info/METADATA')]
+    metadata = zf.read(metadata).decode().splitlines()
+    (license_file,) = [n for n in names if n.endswith('/licenses/LICENSE')]
+    license_text = zf.read(license_file)
   assert shipped == weights.PRETRAINED_PATH.read_bytes()
   assert card == json.loads(
       weights.PRETRAINED_PATH.with_suffix('.json').read_text())
   assert not [n for n in names if n.startswith(('tests/', 'experiments/'))]
+  # PEP 639 metadata: an SPDX expression and the license text itself.
+  assert 'License-Expression: Apache-2.0' in metadata, metadata
+  assert license_text == (REPO_ROOT / 'LICENSE').read_bytes()
 
   site = tmp_path / 'site'
   _run_python('-m', 'pip', 'install', '-q', '--no-deps', '--target', str(site),
