@@ -106,3 +106,44 @@ def test_missing_shipped_weights_is_one_clear_error(tmp_path, monkeypatch):
   monkeypatch.setattr(weights, 'PRETRAINED_PATH', tmp_path / 'none.npz')
   with pytest.raises(weights.WeightsError, match='No pretrained'):
     weights.load_pretrained()
+
+
+def _tiny_params(seed, depth=3, features=4):
+  return jax.tree.map(np.asarray, models.init_params(
+      jax.random.PRNGKey(seed), models.VDSR(depth=depth, features=features),
+      9))
+
+
+def test_average_params_is_the_weighted_mean():
+  a, b, c = _tiny_params(0), _tiny_params(1), _tiny_params(2)
+  mean = weights.average_params([a, b, c])
+  weighted = weights.average_params([a, b], coefficients=[3, 1])
+  for layer in a:
+    for name in ('kernel', 'bias'):
+      assert mean[layer][name].dtype == np.float32
+      np.testing.assert_allclose(
+          mean[layer][name], (a[layer][name] + b[layer][name]
+                              + c[layer][name]) / 3, rtol=1e-6, atol=1e-7)
+      np.testing.assert_allclose(
+          weighted[layer][name], 0.75 * a[layer][name] + 0.25 * b[layer][name],
+          rtol=1e-6, atol=1e-7)
+  # One checkpoint with all the weight is that checkpoint.
+  only_b = weights.average_params([a, b], coefficients=[0, 2])
+  np.testing.assert_array_equal(only_b['conv1']['kernel'],
+                                b['conv1']['kernel'])
+
+
+def test_average_params_rejects_mismatches():
+  a = _tiny_params(0)
+  with pytest.raises(weights.WeightsError, match='3 layers, params 1 has 4'):
+    weights.average_params([a, _tiny_params(1, depth=4)])
+  with pytest.raises(weights.WeightsError, match=r'conv0/kernel, \(3, 3, 1, 4'):
+    weights.average_params([a, _tiny_params(1, features=8)])
+  with pytest.raises(weights.WeightsError, match='2 params but 3 coefficients'):
+    weights.average_params([a, a], coefficients=[1, 1, 1])
+  with pytest.raises(weights.WeightsError, match='non-negative'):
+    weights.average_params([a, a], coefficients=[1, -1])
+  with pytest.raises(weights.WeightsError, match='non-negative'):
+    weights.average_params([a, a], coefficients=[0, 0])
+  with pytest.raises(weights.WeightsError, match='no params'):
+    weights.average_params([])

@@ -14,7 +14,7 @@ Formats:
 
 import hashlib
 import pathlib
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -61,6 +61,45 @@ def check_params(params: Any, *, expect_depth: Optional[int] = None) -> Params:
           f'conv{i}: expected kernel (3, 3, {cin}, {cout}) and bias '
           f'({cout},), got kernel {k} and bias {b}.')
   return params
+
+
+def average_params(params_list: Sequence[Any],
+                   coefficients: Optional[Sequence[float]] = None) -> Params:
+  """The element-wise weighted mean of VDSR params of one architecture.
+
+  Checkpoint averaging (Polyak; Izmailov et al.'s SWA): VDSR has no batch
+  statistics, so the mean of checkpoints is a model as it stands.
+  `coefficients` (default: equal) must be non-negative with a positive sum;
+  they are normalised to sum to 1. Accumulates in float64, returns float32.
+  Raises WeightsError if the trees' depths or shapes differ.
+  """
+  trees = [check_params(p) for p in params_list]
+  if not trees:
+    raise WeightsError('Nothing to average: no params given.')
+  if coefficients is None:
+    coefficients = [1.0] * len(trees)
+  c = np.asarray(coefficients, np.float64)
+  if c.shape != (len(trees),):
+    raise WeightsError(f'{len(trees)} params but {c.size} coefficients.')
+  if not np.all(np.isfinite(c)) or np.any(c < 0) or c.sum() <= 0:
+    raise WeightsError('Averaging coefficients must be finite, non-negative '
+                       f'and not all zero; got {list(coefficients)}.')
+  c = c / c.sum()
+  first = trees[0]
+  for n, tree in enumerate(trees[1:], start=1):
+    if len(tree) != len(first):
+      raise WeightsError(f'Cannot average: params 0 has {len(first)} layers, '
+                         f'params {n} has {len(tree)}.')
+    for layer in first:
+      for name in ('kernel', 'bias'):
+        a, b = np.shape(first[layer][name]), np.shape(tree[layer][name])
+        if a != b:
+          raise WeightsError(f'Cannot average: params 0 and {n} differ at '
+                             f'{layer}/{name}, {a} vs {b}.')
+  return {layer: {name: sum(w * np.asarray(t[layer][name], np.float64)
+                            for w, t in zip(c, trees)).astype(np.float32)
+                  for name in ('kernel', 'bias')}
+          for layer in first}
 
 
 def load_matconvnet(path) -> Params:
