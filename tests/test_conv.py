@@ -37,6 +37,24 @@ def _rel(a, b):
   return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
+# The Winograd kernels' instruction sets this CPU has: both where it has
+# AVX-512F (which implies AVX2), so that such a CPU tests the AVX2 code too.
+with open('/proc/cpuinfo') as _f:
+  _CPU_FLAGS = set(_f.read().split())
+CPU_WINOGRAD_ISAS = [isa for isa, needs in (('avx512', {'avx512f'}),
+                                            ('avx2', {'avx2', 'fma'}))
+                     if needs <= _CPU_FLAGS]
+
+
+@pytest.fixture(params=CPU_WINOGRAD_ISAS)
+def winograd_isa(request):
+  """Runs the test with the Winograd kernels of each instruction set."""
+  default = dnnl.winograd_isa()
+  dnnl.use_winograd_isa(request.param)
+  yield request.param
+  dnnl.use_winograd_isa(default)
+
+
 def _data(shape, cout, seed=0):
   rng = np.random.default_rng(seed)
   x = rng.standard_normal(shape)
@@ -68,9 +86,11 @@ def test_matches_float64_reference(method, shape, cout):
                                         ((3, 2, 3, 16), 16),
                                         ((1, 13, 6, 48), 64),
                                         ((2, 4, 8, 64), 80)])
-def test_native_winograd_matches_float64_reference(shape, cout):
+def test_native_winograd_matches_float64_reference(shape, cout,
+                                                   winograd_isa):
   # Image sizes below, at and above one 4x4 tile, partial border tiles, and
   # every register block width of the GEMMs (16..80 output channels).
+  assert dnnl.winograd_isa() == winograd_isa
   x, w, dy = _data(shape, cout)
   f = jax.jit(lambda x, w: conv.conv3x3(x, w, method='native_winograd'))
   y, vjp = jax.vjp(f, jnp.float32(x), jnp.float32(w))
@@ -134,10 +154,11 @@ def test_native_kernels_are_built():
     assert len(infos) == 4
     for info in infos:
       assert 'ref' not in info, (shape, info)
-  # The Winograd kernels run wherever the CPU has AVX-512F (this one has).
-  with open('/proc/cpuinfo') as f:
-    has_avx512 = ' avx512f' in f.read()
-  assert dnnl.winograd_supported() == has_avx512
+  # The Winograd kernels run on AVX-512F or AVX2 + FMA, the widest there is.
+  assert dnnl.winograd_isa() == (CPU_WINOGRAD_ISAS or [None])[0]
+  assert dnnl.winograd_supported() == bool(CPU_WINOGRAD_ISAS)
+  with pytest.raises(ValueError, match='Unknown Winograd instruction set'):
+    dnnl.use_winograd_isa('sse2')
 
 
 def test_auto_method_choice(monkeypatch):
@@ -292,6 +313,16 @@ def test_fused_bias_relu_errors():
     ('dnnl', 5, 6, 2), ('lax', 5, 6, 2), ('native_winograd', 16, 16, 2),
     ('native_winograd', 16, 32, 1)])
 def test_fused_mask_matches_reference(method, cin, cout, mask_batch):
+  _check_fused_mask(method, cin, cout, mask_batch)
+
+
+def test_native_winograd_fused_mask_each_isa(winograd_isa):
+  # Bias, ReLU and the mask in the output transform, per instruction set.
+  assert dnnl.winograd_isa() == winograd_isa
+  _check_fused_mask('native_winograd', 32, 16, 2)
+
+
+def _check_fused_mask(method, cin, cout, mask_batch):
   x, w, dy = _data((2, 9, 11, cin), cout, seed=4)
   b = np.linspace(-0.5, 0.5, cout)
   mask = np.ones((mask_batch, 9, 11, 1))

@@ -16,6 +16,7 @@ import sys
 import zipfile
 
 from vdsr_jax import weights
+from vdsr_jax.native import dnnl
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # What setup.cfg reads besides the package itself.
@@ -61,6 +62,10 @@ def test_wheel_ships_the_weights_and_they_load(tmp_path):
   assert card == json.loads(
       weights.PRETRAINED_PATH.with_suffix('.json').read_text())
   assert not [n for n in names if n.startswith(('tests/', 'experiments/'))]
+  # The native kernels' sources, so `python -m vdsr_jax.native.build` works
+  # in the installed copy.
+  for source in dnnl.SOURCES:
+    assert f'vdsr_jax/native/{source.name}' in names, source.name
   # PEP 639 metadata: an SPDX expression and the license text itself.
   assert 'License-Expression: Apache-2.0' in metadata, metadata
   assert license_text == (REPO_ROOT / 'LICENSE').read_bytes()

@@ -8,10 +8,12 @@ layer at trace time (`resolve_method`), from `METHOD` and
            Winograd F(4x4, 3x3) in C++ (vdsr_jax/native/winograd_conv.cc,
            built with the oneDNN kernels): forward, input and weight
            gradients with 4x fewer multiplies, the tile transforms done
-           block by block in cache. Needs AVX-512F and channel counts that
-           are multiples of 16. 'auto' uses it on CPU for float32 layers
-           it supports (VDSR's 64 -> 64): ~2.3x faster than 'dnnl' per
-           layer on the 2-core benchmark machine (benchmarks/RESULTS.md).
+           block by block in cache. Needs AVX-512F or AVX2 + FMA (the
+           widest is used) and channel counts that are multiples of 16.
+           'auto' uses it on CPU for float32 layers it supports (VDSR's
+           64 -> 64): ~2.3x faster than 'dnnl' per layer on the 2-core
+           AVX-512 benchmark machine, ~2.2x on an AVX2 one
+           (benchmarks/RESULTS.md).
   'dnnl'   oneDNN's convolutions as XLA FFI custom calls, forward, input
            and weight gradients (vdsr_jax/native; built once with
            `python -m vdsr_jax.native.build`). 'auto' uses it on CPU for

@@ -1,7 +1,7 @@
 r"""Builds the native convolution kernels: `python -m vdsr_jax.native.build`.
 
-Compiles dnnl_conv.cc and winograd_conv.cc (OpenMP; its kernels are AVX-512
-functions, the rest generic x86-64) against
+Compiles dnnl_conv.cc and winograd_conv.cc (OpenMP; its kernels are compiled
+twice, as AVX-512 and as AVX2 functions, the rest generic x86-64) against
 JAX's XLA FFI headers (`jax.ffi.include_dir()`) and the oneDNN headers and
 library of the `onednn-devel-cpu-gomp` wheel (installed under `sys.prefix`),
 into one library, `_dnnl_conv.so`, next to this file. The file is written
@@ -48,14 +48,15 @@ def build(output: pathlib.Path = dnnl.LIBRARY, compiler: str = 'g++',
   output = pathlib.Path(output)
   fd, tmp = tempfile.mkstemp(suffix='.so.tmp', dir=output.parent)
   os.close(fd)
-  # Generic x86-64 code: winograd_conv.cc marks its AVX-512 kernels itself
-  # (they are only called where dnnl.winograd_supported() says the CPU has
-  # it), so the library loads on any x86-64 CPU.
-  objects = [f'{tmp}.{src.stem}.o' for src in dnnl.SOURCES]
+  # Generic x86-64 code: winograd_conv.cc marks its AVX-512 and AVX2 kernels
+  # itself (it calls those the CPU has), so the library loads on any x86-64
+  # CPU. The .inc it includes is not compiled on its own.
+  sources = [src for src in dnnl.SOURCES if src.suffix == '.cc']
+  objects = [f'{tmp}.{src.stem}.o' for src in sources]
   cmds = [[compiler, '-O3', '-std=c++17', '-fPIC', '-fopenmp', '-w', '-c',
            str(src), f'-I{jax.ffi.include_dir()}',
            f'-I{prefix / "include"}', '-o', obj]
-          for src, obj in zip(dnnl.SOURCES, objects)]
+          for src, obj in zip(sources, objects)]
   cmds.append([compiler, '-shared', '-fopenmp', *objects,
                f'-L{prefix / "lib"}', '-ldnnl',
                f'-Wl,-rpath,{prefix / "lib"}', '-o', tmp])

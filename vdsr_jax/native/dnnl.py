@@ -27,8 +27,9 @@ from vdsr_jax.native import conv_ops
 _HERE = pathlib.Path(__file__).resolve().parent
 SOURCE = _HERE / 'dnnl_conv.cc'
 # Every source of the library: the oneDNN handlers and the Winograd kernels
-# (winograd_conv.cc, wrapped by vdsr_jax.native.winograd).
-SOURCES = (SOURCE, _HERE / 'winograd_conv.cc')
+# (winograd_conv.cc and the SIMD code it compiles twice, wrapped by
+# vdsr_jax.native.winograd). Only the .cc files are compiled.
+SOURCES = (SOURCE, _HERE / 'winograd_conv.cc', _HERE / 'winograd_kernels.inc')
 # Written by `python -m vdsr_jax.native.build`, with its stamp beside it.
 LIBRARY = _HERE / '_dnnl_conv.so'
 
@@ -89,10 +90,39 @@ def available() -> bool:
   return _library(str(LIBRARY)) is not None
 
 
-def winograd_supported() -> bool:
-  """True if the Winograd kernels are built and this CPU has AVX-512F."""
+# The Winograd kernels' instruction sets, by their vector width in bits.
+WINOGRAD_ISAS = {'avx512': 512, 'avx2': 256}
+
+
+def winograd_isa() -> Optional[str]:
+  """'avx512' or 'avx2': the Winograd kernels that run here; None if none.
+
+  The widest this CPU has (AVX-512F, else AVX2 + FMA) unless
+  `use_winograd_isa` chose; None if the kernels are not built or the CPU has
+  neither.
+  """
   lib = _library(str(LIBRARY))
-  return lib is not None and bool(lib.VdsrWinogradSupported())
+  bits = 0 if lib is None else lib.VdsrWinogradIsa()
+  return {v: k for k, v in WINOGRAD_ISAS.items()}.get(bits)
+
+
+def winograd_supported() -> bool:
+  """True if the Winograd kernels are built and this CPU can run them."""
+  return winograd_isa() is not None
+
+
+def use_winograd_isa(isa: str) -> None:
+  """Makes the Winograd kernels run the `isa` ('avx512'/'avx2') code.
+
+  For tests and benchmarks of one against the other on a CPU that has both
+  (their results differ in rounding only). Takes effect for every later
+  call, compiled or not; not to be called while one runs.
+  """
+  if isa not in WINOGRAD_ISAS:
+    raise ValueError(f'Unknown Winograd instruction set {isa!r}; expected '
+                     f'one of {sorted(WINOGRAD_ISAS)}.')
+  if not _lib().VdsrWinogradUseIsa(WINOGRAD_ISAS[isa]):
+    raise RuntimeError(f'This CPU cannot run the {isa} Winograd kernels.')
 
 
 def _lib() -> ctypes.CDLL:

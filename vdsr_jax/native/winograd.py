@@ -1,11 +1,12 @@
-"""Winograd F(4x4, 3x3) convolutions on AVX-512 CPUs, with their gradients.
+"""Winograd F(4x4, 3x3) convolutions on x86-64 CPUs, with their gradients.
 
 `conv3x3(x, kernel)` and `conv3x3_bias_relu(x, kernel, bias)` compute the
 same functions as their oneDNN counterparts in `vdsr_jax.native.dnnl`
 (float32, NHWC/HWIO, zero 'SAME' padding) with 4x fewer multiplies:
 winograd_conv.cc transforms the kernel (U = G w G^T) and, block by block,
 the tiles, and runs the 36 small GEMMs per block, in one custom call per
-convolution (forward, input gradient, weight gradient). Both channel
+convolution (forward, input gradient, weight gradient). The CPU needs
+AVX-512F or AVX2 + FMA (`dnnl.winograd_isa` says which runs) and both channel
 counts must be multiples of 16 (`supports`); VDSR's 64 -> 64 layers are.
 `BT`, `G`, `AT` and `transform_kernel` are also the matrices of the jnp
 Winograd in `vdsr_jax.conv` ('winograd4').
@@ -45,7 +46,7 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def supports(cin: int, cout: int) -> bool:
-  """True if a cin -> cout layer can run here (built, AVX-512, 16 | C, K)."""
+  """True if a cin -> cout layer can run here (AVX-512/AVX2, 16 | C, K)."""
   return cin % 16 == 0 and cout % 16 == 0 and dnnl.winograd_supported()
 
 

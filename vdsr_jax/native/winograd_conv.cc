@@ -1,6 +1,6 @@
-// Winograd F(4x4, 3x3) convolutions of VDSR on AVX-512 CPUs, as XLA FFI
-// handlers (Lavin & Gray, "Fast Algorithms for Convolutional Neural
-// Networks", CVPR 2016).
+// Winograd F(4x4, 3x3) convolutions of VDSR on x86-64 CPUs with AVX-512 or
+// AVX2 + FMA, as XLA FFI handlers (Lavin & Gray, "Fast Algorithms for
+// Convolutional Neural Networks", CVPR 2016).
 //
 // A 3x3 'SAME' convolution of a 4x4 output tile needs 16*9 = 144 multiplies
 // per channel pair done directly, and 36 in Winograd's transformed space:
@@ -31,6 +31,11 @@
 // its scheduler keep all 18 transformed kernels, and at 1080p one more
 // activation, alive at once).
 //
+// The SIMD code is winograd_kernels.inc, compiled twice below: for AVX-512
+// and for AVX2 + FMA. The handlers run the AVX-512 copy where the CPU has
+// it, else the AVX2 one (VdsrWinogradUseIsa picks one for tests and
+// benchmarks); the results differ only in rounding.
+//
 // float32, NHWC / position-major layouts, C and K multiples of 16, stride 1,
 // zero padding 1. Threads: OpenMP over tile blocks; no state between calls.
 
@@ -47,13 +52,9 @@
 
 namespace ffi = xla::ffi;
 
-// The kernels below are AVX-512 code; the FFI handler wrappers and the
-// library's load-time code after them are plain x86-64, so the library
-// loads on any x86-64 CPU and VdsrWinogradSupported() says whether the
-// kernels may be called.
-#pragma GCC push_options
-#pragma GCC target("avx512f,fma")
-
+// Everything outside the two `#pragma GCC target` regions is plain x86-64
+// code, so the library loads on any x86-64 CPU; VdsrWinogradIsa() says
+// whether (and which) kernels may be called.
 namespace {
 
 constexpr int kM = 4;            // output tile size
@@ -101,120 +102,6 @@ struct Tiling {
   }
 };
 
-// r = B^T z for one 6-vector of 16-channel registers.
-inline void InputRows(const __m512 z[6], __m512 r[6]) {
-  const __m512 four = _mm512_set1_ps(4.f), five = _mm512_set1_ps(5.f),
-               two = _mm512_set1_ps(2.f);
-  r[0] = _mm512_fmadd_ps(four, z[0], _mm512_fnmadd_ps(five, z[2], z[4]));
-  r[1] = _mm512_fnmadd_ps(four, _mm512_add_ps(z[1], z[2]),
-                          _mm512_add_ps(z[3], z[4]));
-  r[2] = _mm512_fmadd_ps(four, _mm512_sub_ps(z[1], z[2]),
-                         _mm512_sub_ps(z[4], z[3]));
-  r[3] = _mm512_fmadd_ps(two, _mm512_sub_ps(z[3], z[1]),
-                         _mm512_sub_ps(z[4], z[2]));
-  r[4] = _mm512_fmadd_ps(two, _mm512_sub_ps(z[1], z[3]),
-                         _mm512_sub_ps(z[4], z[2]));
-  r[5] = _mm512_fmadd_ps(four, z[1], _mm512_fnmadd_ps(five, z[3], z[5]));
-}
-
-// o = A^T m (6 -> 4).
-inline void OutputRows(const __m512 m[6], __m512 o[4]) {
-  const __m512 two = _mm512_set1_ps(2.f), four = _mm512_set1_ps(4.f),
-               eight = _mm512_set1_ps(8.f);
-  const __m512 s12 = _mm512_add_ps(m[1], m[2]), d12 = _mm512_sub_ps(m[1], m[2]);
-  const __m512 s34 = _mm512_add_ps(m[3], m[4]), d34 = _mm512_sub_ps(m[3], m[4]);
-  o[0] = _mm512_add_ps(_mm512_add_ps(m[0], s12), s34);
-  o[1] = _mm512_fmadd_ps(two, d34, d12);
-  o[2] = _mm512_fmadd_ps(four, s34, s12);
-  o[3] = _mm512_add_ps(_mm512_fmadd_ps(eight, d34, d12), m[5]);
-}
-
-// e = A g (4 -> 6), the adjoint of OutputRows.
-inline void GradRows(const __m512 g[4], __m512 e[6]) {
-  const __m512 two = _mm512_set1_ps(2.f), four = _mm512_set1_ps(4.f),
-               eight = _mm512_set1_ps(8.f);
-  const __m512 s02 = _mm512_add_ps(g[0], g[2]), s13 = _mm512_add_ps(g[1], g[3]);
-  const __m512 q02 = _mm512_fmadd_ps(four, g[2], g[0]);
-  const __m512 q13 = _mm512_fmadd_ps(eight, g[3], _mm512_mul_ps(two, g[1]));
-  e[0] = g[0];
-  e[1] = _mm512_add_ps(s02, s13);
-  e[2] = _mm512_sub_ps(s02, s13);
-  e[3] = _mm512_add_ps(q02, q13);
-  e[4] = _mm512_sub_ps(q02, q13);
-  e[5] = g[3];
-}
-
-// Writes V = B^T d B of tile t, channels [c0, c0 + 16), to v[xi * stride].
-// Pixels outside the image are the zero padding; t >= tiles gives zeros.
-inline void TransformInputTile(const float* x, int64_t c, const Tiling& g,
-                               int64_t t, int64_t c0, float* v,
-                               int64_t stride) {
-  __m512 d[6][6];
-  if (t >= g.tiles) {
-    for (int xi = 0; xi < kPos; ++xi) {
-      _mm512_store_ps(v + xi * stride, _mm512_setzero_ps());
-    }
-    return;
-  }
-  int64_t b, ti, tj;
-  g.Locate(t, &b, &ti, &tj);
-  const int64_t y0 = ti * kM - 1, x0 = tj * kM - 1;
-  for (int i = 0; i < kAlpha; ++i) {
-    const int64_t y = y0 + i;
-    for (int j = 0; j < kAlpha; ++j) {
-      const int64_t xx = x0 + j;
-      d[i][j] = (y >= 0 && y < g.h && xx >= 0 && xx < g.w)
-                    ? _mm512_loadu_ps(x + ((b * g.h + y) * g.w + xx) * c + c0)
-                    : _mm512_setzero_ps();
-    }
-  }
-  __m512 rows[6][6];  // rows[i] = B^T applied along j, for input row i
-  for (int i = 0; i < kAlpha; ++i) InputRows(d[i], rows[i]);
-  for (int beta = 0; beta < kAlpha; ++beta) {
-    __m512 col[6], out[6];
-    for (int i = 0; i < kAlpha; ++i) col[i] = rows[i][beta];
-    InputRows(col, out);
-    for (int a = 0; a < kAlpha; ++a) {
-      _mm512_store_ps(v + (a * kAlpha + beta) * stride, out[a]);
-    }
-  }
-}
-
-// Writes A dy A^T of tile t, channels [k0, k0 + 16), to e[xi * stride]; the
-// tile's pixels outside the image count as zero (they are not outputs).
-inline void TransformGradTile(const float* dy, int64_t k, const Tiling& g,
-                              int64_t t, int64_t k0, float* e,
-                              int64_t stride) {
-  if (t >= g.tiles) {
-    for (int xi = 0; xi < kPos; ++xi) {
-      _mm512_store_ps(e + xi * stride, _mm512_setzero_ps());
-    }
-    return;
-  }
-  int64_t b, ti, tj;
-  g.Locate(t, &b, &ti, &tj);
-  __m512 rows[4][6];
-  for (int i = 0; i < kM; ++i) {
-    const int64_t y = ti * kM + i;
-    __m512 r[4];
-    for (int j = 0; j < kM; ++j) {
-      const int64_t xx = tj * kM + j;
-      r[j] = (y < g.h && xx < g.w)
-                 ? _mm512_loadu_ps(dy + ((b * g.h + y) * g.w + xx) * k + k0)
-                 : _mm512_setzero_ps();
-    }
-    GradRows(r, rows[i]);
-  }
-  for (int beta = 0; beta < kAlpha; ++beta) {
-    __m512 col[4], out[6];
-    for (int i = 0; i < kM; ++i) col[i] = rows[i][beta];
-    GradRows(col, out);
-    for (int a = 0; a < kAlpha; ++a) {
-      _mm512_store_ps(e + (a * kAlpha + beta) * stride, out[a]);
-    }
-  }
-}
-
 // Per-pixel factors multiplied into a convolution's output: planes
 // (batch, H, W), batch 1 (one plane for every image) or N; none if null.
 struct PixelMask {
@@ -226,128 +113,6 @@ struct PixelMask {
   }
 };
 
-// y tile = A^T M A + bias (ReLU'd if asked, times the mask if any),
-// channels [k0, k0 + 16), cropped to the image.
-inline void TransformOutputTile(const float* m, int64_t stride,
-                                const float* bias, bool relu,
-                                const PixelMask& mask, int64_t k,
-                                const Tiling& g, int64_t t, int64_t k0,
-                                float* y) {
-  int64_t b, ti, tj;
-  g.Locate(t, &b, &ti, &tj);
-  const float* plane = mask.Plane(b, g);
-  __m512 rows[6][4];  // rows[a] = A^T applied along beta, for position row a
-  for (int a = 0; a < kAlpha; ++a) {
-    __m512 mm[6];
-    for (int beta = 0; beta < kAlpha; ++beta) {
-      mm[beta] = _mm512_load_ps(m + (a * kAlpha + beta) * stride);
-    }
-    OutputRows(mm, rows[a]);
-  }
-  const __m512 bv = _mm512_loadu_ps(bias + k0), zero = _mm512_setzero_ps();
-  for (int j = 0; j < kM; ++j) {
-    const int64_t xx = tj * kM + j;
-    __m512 col[6], out[4];
-    for (int a = 0; a < kAlpha; ++a) col[a] = rows[a][j];
-    OutputRows(col, out);
-    if (xx >= g.w) continue;
-    for (int i = 0; i < kM; ++i) {
-      const int64_t yy = ti * kM + i;
-      if (yy >= g.h) break;
-      __m512 r = _mm512_add_ps(out[i], bv);
-      if (relu) r = _mm512_max_ps(r, zero);
-      if (plane != nullptr) {
-        r = _mm512_mul_ps(r, _mm512_set1_ps(plane[yy * g.w + xx]));
-      }
-      _mm512_storeu_ps(y + ((b * g.h + yy) * g.w + xx) * k + k0, r);
-    }
-  }
-}
-
-// m[r, :16*NV] = sum_c v[r, c] u[c, :16*NV] for R rows (tiles): one
-// register-blocked micro-tile of a position's GEMM (T x C) @ (C x K).
-template <int R, int NV>
-inline void GemmMicro(const float* v, int64_t c, const float* u, int64_t k,
-                      float* m) {
-  __m512 acc[R][NV];
-  for (int r = 0; r < R; ++r) {
-    for (int q = 0; q < NV; ++q) acc[r][q] = _mm512_setzero_ps();
-  }
-  for (int64_t ci = 0; ci < c; ++ci) {
-    __m512 w[NV];
-    for (int q = 0; q < NV; ++q) w[q] = _mm512_loadu_ps(u + ci * k + 16 * q);
-    for (int r = 0; r < R; ++r) {
-      const __m512 s = _mm512_set1_ps(v[r * c + ci]);
-      for (int q = 0; q < NV; ++q) acc[r][q] = _mm512_fmadd_ps(s, w[q], acc[r][q]);
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    for (int q = 0; q < NV; ++q) _mm512_store_ps(m + r * k + 16 * q, acc[r][q]);
-  }
-}
-
-// du[r, :16*NV] += sum_t vx[t, r] e[t, :16*NV] for R rows (input channels)
-// over `tiles` tiles: a micro-tile of a position's (C x T) @ (T x K).
-template <int R, int NV>
-inline void WgradMicro(const float* vx, int64_t c, const float* e, int64_t k,
-                       int64_t tiles, float* du) {
-  __m512 acc[R][NV];
-  for (int r = 0; r < R; ++r) {
-    for (int q = 0; q < NV; ++q) acc[r][q] = _mm512_loadu_ps(du + r * k + 16 * q);
-  }
-  for (int64_t t = 0; t < tiles; ++t) {
-    __m512 w[NV];
-    for (int q = 0; q < NV; ++q) w[q] = _mm512_load_ps(e + t * k + 16 * q);
-    for (int r = 0; r < R; ++r) {
-      const __m512 s = _mm512_set1_ps(vx[t * c + r]);
-      for (int q = 0; q < NV; ++q) acc[r][q] = _mm512_fmadd_ps(s, w[q], acc[r][q]);
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    for (int q = 0; q < NV; ++q) _mm512_storeu_ps(du + r * k + 16 * q, acc[r][q]);
-  }
-}
-
-template <int R>
-inline void GemmRowsAnyK(const float* v, int64_t c, const float* u, int64_t k,
-                         float* m) {
-  int64_t k0 = 0;
-  for (; k0 + 64 <= k; k0 += 64) GemmMicro<R, 4>(v, c, u + k0, k, m + k0);
-  switch ((k - k0) / 16) {
-    case 3: GemmMicro<R, 3>(v, c, u + k0, k, m + k0); break;
-    case 2: GemmMicro<R, 2>(v, c, u + k0, k, m + k0); break;
-    case 1: GemmMicro<R, 1>(v, c, u + k0, k, m + k0); break;
-    default: break;
-  }
-}
-
-template <int R>
-inline void WgradRowsAnyK(const float* vx, int64_t c, const float* e,
-                          int64_t k, int64_t tiles, float* du) {
-  int64_t k0 = 0;
-  for (; k0 + 64 <= k; k0 += 64) {
-    WgradMicro<R, 4>(vx, c, e + k0, k, tiles, du + k0);
-  }
-  switch ((k - k0) / 16) {
-    case 3: WgradMicro<R, 3>(vx, c, e + k0, k, tiles, du + k0); break;
-    case 2: WgradMicro<R, 2>(vx, c, e + k0, k, tiles, du + k0); break;
-    case 1: WgradMicro<R, 1>(vx, c, e + k0, k, tiles, du + k0); break;
-    default: break;
-  }
-}
-
-inline void WgradRowsTail(int rows, const float* vx, int64_t c, const float* e,
-                          int64_t k, int64_t tiles, float* du) {
-  switch (rows) {
-    case 5: WgradRowsAnyK<5>(vx, c, e, k, tiles, du); break;
-    case 4: WgradRowsAnyK<4>(vx, c, e, k, tiles, du); break;
-    case 3: WgradRowsAnyK<3>(vx, c, e, k, tiles, du); break;
-    case 2: WgradRowsAnyK<2>(vx, c, e, k, tiles, du); break;
-    case 1: WgradRowsAnyK<1>(vx, c, e, k, tiles, du); break;
-    default: break;
-  }
-}
-
 // G of F(4x4, 3x3): U = G w G^T.
 constexpr float kG[6][3] = {{1.f / 4, 0.f, 0.f},
                             {-1.f / 6, -1.f / 6, -1.f / 6},
@@ -355,38 +120,6 @@ constexpr float kG[6][3] = {{1.f / 4, 0.f, 0.f},
                             {1.f / 24, 1.f / 12, 1.f / 6},
                             {1.f / 24, -1.f / 12, 1.f / 6},
                             {0.f, 0.f, 1.f}};
-
-// u[xi][ci][ko] = (G w G^T)[xi] for an HWIO kernel w[3][3][c][k], vectorised
-// over the k output channels (a multiple of 16).
-void TransformKernel(const float* w, int64_t c, int64_t k, float* u) {
-#pragma omp parallel for schedule(static)
-  for (int64_t ci = 0; ci < c; ++ci) {
-    for (int64_t k0 = 0; k0 < k; k0 += 16) {
-      __m512 g[3][3];
-      for (int i = 0; i < 3; ++i) {
-        for (int j = 0; j < 3; ++j) {
-          g[i][j] = _mm512_loadu_ps(w + ((i * 3 + j) * c + ci) * k + k0);
-        }
-      }
-      for (int a = 0; a < kAlpha; ++a) {
-        __m512 t[3];  // (G w)[a][j]
-        for (int j = 0; j < 3; ++j) {
-          t[j] = _mm512_setzero_ps();
-          for (int i = 0; i < 3; ++i) {
-            t[j] = _mm512_fmadd_ps(_mm512_set1_ps(kG[a][i]), g[i][j], t[j]);
-          }
-        }
-        for (int b = 0; b < kAlpha; ++b) {
-          __m512 r = _mm512_setzero_ps();
-          for (int j = 0; j < 3; ++j) {
-            r = _mm512_fmadd_ps(_mm512_set1_ps(kG[b][j]), t[j], r);
-          }
-          _mm512_storeu_ps(u + ((a * kAlpha + b) * c + ci) * k + k0, r);
-        }
-      }
-    }
-  }
-}
 
 // The kernel of the input gradient, w'[i][j][ko][ci] = w[2-i][2-j][ci][ko].
 void FlipKernel(const float* w, int64_t c, int64_t k, float* out) {
@@ -401,78 +134,59 @@ void FlipKernel(const float* w, int64_t c, int64_t k, float* out) {
   }
 }
 
-// dw[i][j][ci][ko] = (G^T du G)[i][j] for du[36][c][k], vectorised over k.
-void UntransformKernelGrad(const float* du, int64_t c, int64_t k, float* dw) {
-#pragma omp parallel for schedule(static)
-  for (int64_t ci = 0; ci < c; ++ci) {
-    for (int64_t k0 = 0; k0 < k; k0 += 16) {
-      __m512 t[kAlpha][3];  // (du G)[a][j]
-      for (int a = 0; a < kAlpha; ++a) {
-        for (int j = 0; j < 3; ++j) t[a][j] = _mm512_setzero_ps();
-        for (int b = 0; b < kAlpha; ++b) {
-          const __m512 d =
-              _mm512_loadu_ps(du + ((a * kAlpha + b) * c + ci) * k + k0);
-          for (int j = 0; j < 3; ++j) {
-            t[a][j] = _mm512_fmadd_ps(_mm512_set1_ps(kG[b][j]), d, t[a][j]);
-          }
-        }
-      }
-      for (int i = 0; i < 3; ++i) {
-        for (int j = 0; j < 3; ++j) {
-          __m512 r = _mm512_setzero_ps();
-          for (int a = 0; a < kAlpha; ++a) {
-            r = _mm512_fmadd_ps(_mm512_set1_ps(kG[a][i]), t[a][j], r);
-          }
-          _mm512_storeu_ps(dw + ((i * 3 + j) * c + ci) * k + k0, r);
-        }
-      }
-    }
+// The SIMD kernels, once per instruction set.
+#pragma GCC push_options
+#pragma GCC target("avx512f,fma")
+namespace avx512 {
+#define VDSR_WINOGRAD_AVX512
+#include "winograd_kernels.inc"
+#undef VDSR_WINOGRAD_AVX512
+}  // namespace avx512
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+#include "winograd_kernels.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+
+// One instruction set's entry points.
+struct Kernels {
+  int vector_bits;
+  void (*transform_kernel)(const float* w, int64_t c, int64_t k, float* u);
+  ffi::Error (*convolve)(const float* x, const Tiling& g, int64_t c,
+                         const float* u, int64_t k, const float* bias,
+                         bool relu, const PixelMask& mask, float* y);
+  ffi::Error (*weight_grad)(const float* x, const float* dy, const Tiling& g,
+                            int64_t c, int64_t k, float* dw);
+};
+
+constexpr Kernels kAvx512 = {512, avx512::TransformKernel, avx512::Convolve,
+                             avx512::WeightGrad};
+constexpr Kernels kAvx2 = {256, avx2::TransformKernel, avx2::Convolve,
+                           avx2::WeightGrad};
+
+bool CpuHas(int vector_bits) {
+  __builtin_cpu_init();
+  if (vector_bits == 512) return __builtin_cpu_supports("avx512f");
+  if (vector_bits == 256) {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   }
+  return false;
 }
 
-// y = conv(x, w) + bias (ReLU'd if asked, times the mask if any) given the
-// transformed kernel u.
-ffi::Error Convolve(const float* xp, const Tiling& g, int64_t c,
-                    const float* up, int64_t k, const float* bp, bool relu,
-                    const PixelMask& mask, float* yp) {
-  const int64_t blocks = (g.tiles + kBlockTiles - 1) / kBlockTiles;
-  // Per thread: the block's transformed input V[xi][t][c] and the GEMM
-  // results M[xi][t][k], ~0.9 MB for C = K = 64 (fits in L2).
-  const int threads = omp_get_max_threads();
-  const int64_t vs = PositionStride(c), ms = PositionStride(k);
-  Buffer v = Allocate(threads * kPos * vs), m = Allocate(threads * kPos * ms);
-  if (!v || !m) return OutOfMemory();
-#pragma omp parallel num_threads(threads)
-  {
-    float* vt = v.get() + omp_get_thread_num() * kPos * vs;
-    float* mt = m.get() + omp_get_thread_num() * kPos * ms;
-#pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-      const int64_t t0 = blk * kBlockTiles;
-      const int64_t nt = std::min<int64_t>(kBlockTiles, g.tiles - t0);
-      const int64_t padded = (nt + kRows - 1) / kRows * kRows;
-      for (int64_t tt = 0; tt < padded; ++tt) {
-        for (int64_t c0 = 0; c0 < c; c0 += 16) {
-          TransformInputTile(xp, c, g, t0 + tt, c0, vt + tt * c + c0, vs);
-        }
-      }
-      for (int xi = 0; xi < kPos; ++xi) {
-        const float* vxi = vt + xi * vs;
-        const float* uxi = up + xi * c * k;
-        float* mxi = mt + xi * ms;
-        for (int64_t tt = 0; tt < padded; tt += kRows) {
-          GemmRowsAnyK<kRows>(vxi + tt * c, c, uxi, k, mxi + tt * k);
-        }
-      }
-      for (int64_t tt = 0; tt < nt; ++tt) {
-        for (int64_t k0 = 0; k0 < k; k0 += 16) {
-          TransformOutputTile(mt + tt * k + k0, ms, bp, relu, mask, k, g,
-                              t0 + tt, k0, yp);
-        }
-      }
-    }
-  }
-  return ffi::Error::Success();
+// The kernels the handlers run: the widest this CPU has; null if neither.
+const Kernels*& Selected() {
+  static const Kernels* selected =
+      CpuHas(512) ? &kAvx512 : CpuHas(256) ? &kAvx2 : nullptr;
+  return selected;
+}
+
+ffi::Error Unsupported() {
+  return ffi::Error(ffi::ErrorCode::kUnimplemented,
+                    "vdsr winograd conv: this CPU has neither AVX-512F nor "
+                    "AVX2 + FMA");
 }
 
 ffi::Error ForwardWithMask(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
@@ -491,9 +205,12 @@ ffi::Error ForwardWithMask(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   const int64_t c = xd[3], k = wd[3];
   Buffer u = Allocate(kPos * c * k);
   if (!u) return OutOfMemory();
-  TransformKernel(w.typed_data(), c, k, u.get());
-  return Convolve(x.typed_data(), Tiling(xd[0], xd[1], xd[2]), c, u.get(), k,
-                  bias.typed_data(), relu, mask, y->typed_data());
+  const Kernels* isa = Selected();
+  if (isa == nullptr) return Unsupported();
+  isa->transform_kernel(w.typed_data(), c, k, u.get());
+  return isa->convolve(x.typed_data(), Tiling(xd[0], xd[1], xd[2]), c,
+                       u.get(), k, bias.typed_data(), relu, mask,
+                       y->typed_data());
 }
 
 ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
@@ -535,11 +252,14 @@ ffi::Error BwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
   Buffer flipped = Allocate(9 * c * k), u = Allocate(kPos * c * k),
          zeros = Allocate(c);
   if (!flipped || !u || !zeros) return OutOfMemory();
+  const Kernels* isa = Selected();
+  if (isa == nullptr) return Unsupported();
   FlipKernel(w.typed_data(), c, k, flipped.get());
-  TransformKernel(flipped.get(), k, c, u.get());
+  isa->transform_kernel(flipped.get(), k, c, u.get());
   std::memset(zeros.get(), 0, sizeof(float) * c);
-  return Convolve(dy.typed_data(), Tiling(dyd[0], dyd[1], dyd[2]), k, u.get(),
-                  c, zeros.get(), false, PixelMask(), dx->typed_data());
+  return isa->convolve(dy.typed_data(), Tiling(dyd[0], dyd[1], dyd[2]), k,
+                       u.get(), c, zeros.get(), false, PixelMask(),
+                       dx->typed_data());
 }
 
 ffi::Error BwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
@@ -554,63 +274,14 @@ ffi::Error BwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
         "vdsr winograd conv: expected x (N, H, W, C), dy (N, H, W, K) and a "
         "(3, 3, C, K) result with C and K multiples of 16");
   }
-  const int64_t c = xd[3], k = dyd[3];
-  const Tiling g(xd[0], xd[1], xd[2]);
-  const int64_t blocks = (g.tiles + kBlockTiles - 1) / kBlockTiles;
-  const float* xp = x.typed_data();
-  const float* dyp = dy.typed_data();
-  // Per thread: the block's transformed x and dy, and the thread's partial
-  // sums of dL/du; then their total.
-  const int threads = omp_get_max_threads();
-  const int64_t vs = PositionStride(c), es = PositionStride(k),
-                us = kPos * c * k;
-  Buffer vx_all = Allocate(threads * kPos * vs),
-         e_all = Allocate(threads * kPos * es),
-         acc_all = Allocate(threads * us), du = Allocate(us);
-  if (!vx_all || !e_all || !acc_all || !du) return OutOfMemory();
-  float* out = du.get();
-  std::memset(out, 0, sizeof(float) * us);
-#pragma omp parallel num_threads(threads)
-  {
-    const int64_t id = omp_get_thread_num();
-    float* vx = vx_all.get() + id * kPos * vs;
-    float* e = e_all.get() + id * kPos * es;
-    float* acc = acc_all.get() + id * us;
-    std::memset(acc, 0, sizeof(float) * us);
-#pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-      const int64_t t0 = blk * kBlockTiles;
-      const int64_t nt = std::min<int64_t>(kBlockTiles, g.tiles - t0);
-      for (int64_t tt = 0; tt < nt; ++tt) {
-        for (int64_t c0 = 0; c0 < c; c0 += 16) {
-          TransformInputTile(xp, c, g, t0 + tt, c0, vx + tt * c + c0, vs);
-        }
-        for (int64_t k0 = 0; k0 < k; k0 += 16) {
-          TransformGradTile(dyp, k, g, t0 + tt, k0, e + tt * k + k0, es);
-        }
-      }
-      for (int xi = 0; xi < kPos; ++xi) {
-        const float* vxi = vx + xi * vs;
-        const float* exi = e + xi * es;
-        float* axi = acc + xi * c * k;
-        int64_t c0 = 0;
-        for (; c0 + kRows <= c; c0 += kRows) {
-          WgradRowsAnyK<kRows>(vxi + c0, c, exi, k, nt, axi + c0 * k);
-        }
-        WgradRowsTail(static_cast<int>(c - c0), vxi + c0, c, exi, k, nt,
-                      axi + c0 * k);
-      }
-    }
-#pragma omp critical
-    for (int64_t i = 0; i < us; ++i) out[i] += acc[i];
-  }
-  UntransformKernelGrad(out, c, k, dw->typed_data());
-  return ffi::Error::Success();
+  const Kernels* isa = Selected();
+  if (isa == nullptr) return Unsupported();
+  return isa->weight_grad(x.typed_data(), dy.typed_data(),
+                          Tiling(xd[0], xd[1], xd[2]), xd[3], dyd[3],
+                          dw->typed_data());
 }
 
 }  // namespace
-
-#pragma GCC pop_options
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VdsrWinogradFwd, Forward,
                               ffi::Ffi::Bind()
@@ -638,7 +309,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VdsrWinogradBwdWeights, BwdWeights,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
-// 1 if this CPU runs the kernels (AVX-512F), else 0.
-extern "C" int VdsrWinogradSupported() {
-  return __builtin_cpu_supports("avx512f") ? 1 : 0;
+// The vector width in bits of the kernels the handlers run: 512 (AVX-512),
+// 256 (AVX2 + FMA) or 0 (neither: the kernels may not be called).
+extern "C" int VdsrWinogradIsa() {
+  const Kernels* isa = Selected();
+  return isa == nullptr ? 0 : isa->vector_bits;
+}
+
+// Makes the handlers run the `vector_bits` kernels (512 or 256) from now on,
+// for tests and benchmarks of one against the other. Returns 1, or 0 and
+// changes nothing if this CPU lacks that instruction set. Not for use while
+// a computation runs.
+extern "C" int VdsrWinogradUseIsa(int vector_bits) {
+  if (!CpuHas(vector_bits)) return 0;
+  Selected() = vector_bits == 512 ? &kAvx512 : &kAvx2;
+  return 1;
 }
