@@ -3,7 +3,7 @@ r"""VDSR in JAX (this project) against PyTorch, side by side, CPU or GPU.
   python benchmarks/compare_torch.py [--repeats=N] [--json_out=FILE]
       [--configs=train_step,infer_512,infer_1080p] [--jax_conv=auto|lax|...]
       [--device=cpu|gpu] [--precision=default|highest|bf16] [--jax_bucket=32]
-      [--jax_mask=auto|always]
+      [--jax_mask=auto|always] [--jax_winograd_isa=auto|avx512|avx2]
 
 Three configurations, and a fourth on request:
   train_step:  one optimiser update on a batch of 64 41x41 patches. JAX runs
@@ -105,6 +105,27 @@ def _mask() -> str:
   return os.environ.get('VDSR_BENCH_MASK', 'auto')
 
 
+def _winograd_isa() -> str:
+  return os.environ.get('VDSR_BENCH_WINOGRAD_ISA', 'auto')
+
+
+def _cpu_info() -> dict:
+  """The CPU's model name and the SIMD flags the native kernels look at."""
+  model, flags = None, set()
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        key, _, value = line.partition(':')
+        if key.strip() == 'model name' and model is None:
+          model = value.strip()
+        elif key.strip() == 'flags' and not flags:
+          flags = set(value.split())
+  except OSError:
+    pass
+  return {'cpu_model': model,
+          'cpu_simd': sorted(flags & {'avx2', 'fma', 'avx512f', 'avx512_bf16'})}
+
+
 def _jax_runner(config: str, conv_method: str):
   import jax
   import jax.numpy as jnp
@@ -122,6 +143,9 @@ def _jax_runner(config: str, conv_method: str):
   from vdsr_jax import train
   from vdsr_jax import train_config
   conv.METHOD = conv_method
+  if _winograd_isa() != 'auto':
+    from vdsr_jax.native import dnnl
+    dnnl.use_winograd_isa(_winograd_isa())
   rng = np.random.default_rng(0)
   if config == 'matmul':
     n = _matmul_size()
@@ -363,6 +387,10 @@ def main(argv=None):
                  help="auto: as network_forward (no mask for an image that "
                       "fills its bucket); always: the padded, masked program "
                       "for every image (to time the mask's cost).")
+  p.add_argument('--jax_winograd_isa', default='auto',
+                 choices=('auto', 'avx512', 'avx2'),
+                 help="The CPU Winograd kernels' instruction set ('auto': the "
+                      "widest the CPU has), to compare them on one machine.")
   p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.worker:  # device and precision come from the parent's environment
@@ -372,15 +400,18 @@ def main(argv=None):
   os.environ['VDSR_BENCH_PRECISION'] = args.precision
   os.environ['VDSR_BENCH_BUCKET'] = str(args.jax_bucket)
   os.environ['VDSR_BENCH_MASK'] = args.jax_mask
+  os.environ['VDSR_BENCH_WINOGRAD_ISA'] = args.jax_winograd_isa
   configs = [c for c in args.configs.split(',') if c]
   for c in configs:
     if c not in CONFIGS:
       p.error(f'unknown config {c!r}; choose from {CONFIGS}')
   results = {'machine': {'cpus': os.cpu_count(),
                          'python': sys.version.split()[0],
-                         'gpu': _gpu_name() if args.device == 'gpu' else None},
+                         'gpu': _gpu_name() if args.device == 'gpu' else None,
+                         **_cpu_info()},
              'device': args.device, 'precision': args.precision,
              'jax_bucket': args.jax_bucket, 'jax_mask': args.jax_mask,
+             'jax_winograd_isa': args.jax_winograd_isa,
              'repeats': args.repeats}
   print(f'{"config":12s} {"jax ms":>9s} {"torch ms":>9s} {"speedup":>8s} '
         f'{"jax thr":>10s} {"torch thr":>10s} {"jax MB":>7s} {"torch MB":>8s} '

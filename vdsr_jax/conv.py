@@ -12,8 +12,8 @@ layer at trace time (`resolve_method`), from `METHOD` and
            widest is used) and channel counts that are multiples of 16.
            'auto' uses it on CPU for float32 layers it supports (VDSR's
            64 -> 64): ~2.3x faster than 'dnnl' per layer on the 2-core
-           AVX-512 benchmark machine, ~2.2x on an AVX2 one
-           (benchmarks/RESULTS.md).
+           AVX-512 benchmark machine; on an AVX2 one the train step is
+           2.3x faster than with 'dnnl' (benchmarks/RESULTS.md).
   'dnnl'   oneDNN's convolutions as XLA FFI custom calls, forward, input
            and weight gradients (vdsr_jax/native; built once with
            `python -m vdsr_jax.native.build`). 'auto' uses it on CPU for

@@ -2,7 +2,7 @@
 
 `dnnl`: oneDNN's direct convolutions (dnnl_conv.cc), any float32 layer.
 `winograd`: Winograd F(4x4, 3x3) on AVX-512 or AVX2 + FMA (winograd_conv.cc),
-layers whose channel counts are multiples of 16 (VDSR's 64 -> 64), ~2.2-2.3x
+layers whose channel counts are multiples of 16 (VDSR's 64 -> 64), ~2.3x
 faster still.
 Both live in one library, built once after installing (needs g++ and the
 `onednn-devel-cpu-gomp` wheel from requirements.txt):
