@@ -159,6 +159,11 @@ def test_native_kernels_are_built():
   assert dnnl.winograd_supported() == bool(CPU_WINOGRAD_ISAS)
   with pytest.raises(ValueError, match='Unknown Winograd instruction set'):
     dnnl.use_winograd_isa('sse2')
+  # An instruction set this CPU lacks is refused and changes nothing.
+  for isa in sorted(set(dnnl.WINOGRAD_ISAS) - set(CPU_WINOGRAD_ISAS)):
+    with pytest.raises(RuntimeError, match=f'cannot run the {isa}'):
+      dnnl.use_winograd_isa(isa)
+    assert dnnl.winograd_isa() == (CPU_WINOGRAD_ISAS or [None])[0]
 
 
 def test_auto_method_choice(monkeypatch):

@@ -24,6 +24,7 @@ from vdsr_jax import reporting
 from vdsr_jax import train
 from vdsr_jax import train_config
 from vdsr_jax import weights
+from vdsr_jax.native import dnnl
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TESTS = pathlib.Path(__file__).resolve().parent
@@ -381,6 +382,15 @@ def test_training_through_native_winograd_matches_xla(tmp_path, monkeypatch):
   losses = [r['loss'] for r in _train_records(tmp_path / 'auto')]
   want = [r['loss'] for r in _train_records(tmp_path / 'lax')]
   np.testing.assert_allclose(losses, want, rtol=1e-4)
+  # The session records say which kernels ran, and which build of them.
+  (fast_session,) = [r for r in reporting.read_metrics(tmp_path / 'auto')
+                     if r['kind'] == 'session']
+  (lax_session,) = [r for r in reporting.read_metrics(tmp_path / 'lax')
+                    if r['kind'] == 'session']
+  assert fast_session['conv'] == 'native_winograd'
+  assert fast_session['winograd_isa'] == dnnl.winograd_isa()
+  assert fast_session['winograd_isa'] in ('avx512', 'avx2')
+  assert lax_session['conv'] == 'lax' and 'winograd_isa' not in lax_session
 
 
 class _NaNAt:

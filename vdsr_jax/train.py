@@ -52,6 +52,7 @@ from vdsr_jax import optimizers
 from vdsr_jax import reporting
 from vdsr_jax import train_config
 from vdsr_jax import weights as weights_lib
+from vdsr_jax.native import dnnl
 
 PARAMS_FILE = 'params.npz'
 # How far the loop may dispatch ahead of the device. JAX runs steps
@@ -487,8 +488,13 @@ class _Run:
       raise train_config.ConfigError(str(e)) from None
     self.reporter = reporting.Reporter(workdir, start_step=start,
                                        enabled=self.primary)
+    conv_method = conv.resolve_method(config.features, config.features)
     self.reporter.write_session(start, {
-        'conv': conv.resolve_method(config.features, config.features),
+        'conv': conv_method,
+        # Which build of the CPU Winograd kernels ran (AVX-512 or AVX2): it
+        # sets a session's speed as much as the machine does.
+        **({'winograd_isa': dnnl.winograd_isa()}
+           if conv_method == 'native_winograd' else {}),
         'platform': platform,
         'device_kind': mesh.devices.flat[0].device_kind,
         'input_workers': workers,
