@@ -6,9 +6,10 @@ r"""Averages VDSR checkpoints into one set of weights (checkpoint averaging).
 
 The element-wise mean (or the `--coefficients`-weighted mean, normalised to
 sum to 1) of the parameters of several checkpoints of one architecture:
-Polyak averaging of a run's checkpoints, or of runs that share their start
-(Izmailov et al.'s SWA). VDSR has no batch statistics to recompute, so the
-result is ready to evaluate:
+Polyak averaging of a run's checkpoints (SWA, Izmailov et al., when they
+come from a constant-lr phase), or of runs that share their first steps.
+VDSR has no batch statistics to recompute, so the result is ready to
+evaluate:
 `evaluate.py --method=vdsr --weights=/tmp/averaged.npz`. Weights: anything
 `vdsr_jax.load_params` reads (.mat, .npz, .pth, an orbax checkpoint or a
 training workdir, whose latest checkpoint is used). Writes a checksummed .npz
