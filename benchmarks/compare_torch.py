@@ -109,23 +109,6 @@ def _winograd_isa() -> str:
   return os.environ.get('VDSR_BENCH_WINOGRAD_ISA', 'auto')
 
 
-def _cpu_info() -> dict:
-  """The CPU's model name and the SIMD flags the native kernels look at."""
-  model, flags = None, set()
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        key, _, value = line.partition(':')
-        if key.strip() == 'model name' and model is None:
-          model = value.strip()
-        elif key.strip() == 'flags' and not flags:
-          flags = set(value.split())
-  except OSError:
-    pass
-  return {'cpu_model': model,
-          'cpu_simd': sorted(flags & {'avx2', 'fma', 'avx512f', 'avx512_bf16'})}
-
-
 def _jax_runner(config: str, conv_method: str):
   import jax
   import jax.numpy as jnp
@@ -405,10 +388,11 @@ def main(argv=None):
   for c in configs:
     if c not in CONFIGS:
       p.error(f'unknown config {c!r}; choose from {CONFIGS}')
+  from vdsr_jax import reporting  # the parent only; workers import their own
   results = {'machine': {'cpus': os.cpu_count(),
                          'python': sys.version.split()[0],
                          'gpu': _gpu_name() if args.device == 'gpu' else None,
-                         **_cpu_info()},
+                         **reporting.cpu_info()},
              'device': args.device, 'precision': args.precision,
              'jax_bucket': args.jax_bucket, 'jax_mask': args.jax_mask,
              'jax_winograd_isa': args.jax_winograd_isa,

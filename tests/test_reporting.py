@@ -104,3 +104,19 @@ def test_named_paths_keeps_order_and_rejects_bad_or_repeated_names():
       reporting.named_paths(bad, 'weights')
   with pytest.raises(ValueError, match=r"--rows names 'b' twice"):
     reporting.named_paths(['b=x.json', 'b=y.json'], 'rows', 'LABEL')
+
+
+def test_cpu_info_reads_the_first_model_name_and_the_simd_flags(tmp_path):
+  cpuinfo = tmp_path / 'cpuinfo'
+  cpuinfo.write_text(
+      'processor\t: 0\nmodel name\t: Example CPU @ 2.0GHz\n'
+      'flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw\n\n'
+      'processor\t: 1\nmodel name\t: Another\nflags\t\t: fpu\n')
+  info = reporting.cpu_info(cpuinfo)
+  assert info['cpu_model'] == 'Example CPU @ 2.0GHz'
+  assert info['cpu_simd'] == ['avx2', 'fma', 'avx512f']
+  assert isinstance(info['cpu_count'], int) and info['cpu_count'] >= 1
+  # Without the file (outside Linux) the record still has its keys.
+  missing = reporting.cpu_info(tmp_path / 'absent')
+  assert missing['cpu_model'] is None and missing['cpu_simd'] == []
+  assert missing['cpu_count'] == info['cpu_count']

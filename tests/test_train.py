@@ -391,6 +391,12 @@ def test_training_through_native_winograd_matches_xla(tmp_path, monkeypatch):
   assert fast_session['winograd_isa'] == dnnl.winograd_isa()
   assert fast_session['winograd_isa'] in ('avx512', 'avx2')
   assert lax_session['conv'] == 'lax' and 'winograd_isa' not in lax_session
+  # And the host CPU that ran them, as reporting.cpu_info reads it.
+  host = reporting.cpu_info()
+  for session in (fast_session, lax_session):
+    assert {k: session[k] for k in host} == host
+  want_simd = {'avx512': 'avx512f', 'avx2': 'avx2'}[dnnl.winograd_isa()]
+  assert want_simd in fast_session['cpu_simd']
 
 
 class _NaNAt:
@@ -793,6 +799,7 @@ def test_port_flagfiles_count_the_ports_epochs(datasets_dir, flagfile,
 @pytest.mark.parametrize('flagfile,shared_until', [
     ('vdsr_pytorch_port_aug_48k.flags', 45_100),
     ('vdsr_pytorch_port_aug_100k.flags', 97_000),
+    ('vdsr_pytorch_port_aug_105k.flags', 102_030),
     ('vdsr_pytorch_port_aug_130k.flags', 127_000),
 ])
 def test_port_forks_repeat_the_full_runs_updates(flagfile, shared_until):

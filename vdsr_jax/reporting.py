@@ -7,9 +7,9 @@
   finished updates. Evaluation records: {"kind": "eval", "step", "time",
   "results": {"set5": {"2": {"psnr", "ssim"}, ...}}, "psnr": {"set5/x2": ...}}.
   Each start or resume adds {"kind": "session", "step", "time", "git_commit",
-  "git_dirty", "conv", "platform", "device_kind", "devices", "processes"}:
-  which code and hardware trained each stretch of a run that spans several
-  sessions (plus "named_commit" where $VDSR_GIT_COMMIT disagrees with git; see
+  "git_dirty", "conv", "platform", "device_kind", "devices", "processes",
+  "cpu_model", "cpu_simd", "cpu_count"}: which code and hardware trained each
+  stretch of a run that spans several sessions (plus "named_commit" where $VDSR_GIT_COMMIT disagrees with git; see
   `git_state`).
 * `workdir/tensorboard/`: the same scalars as TensorBoard events (written
   with tensorboardX; TensorFlow is not needed).
@@ -92,6 +92,41 @@ def named_paths(items, flag: str, key: str = 'NAME') -> Dict[str, str]:
       raise ValueError(f'--{flag} names {name!r} twice.')
     out[name] = path
   return out
+
+
+# The SIMD extensions that decide which native kernels a CPU runs
+# (vdsr_jax/native: Winograd AVX-512 or AVX2, else oneDNN).
+CPU_SIMD_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512_bf16')
+
+
+def cpu_info(cpuinfo='/proc/cpuinfo') -> Dict[str, Any]:
+  """{'cpu_model', 'cpu_simd', 'cpu_count'} of this host.
+
+  The host's CPU feeds the input pipeline on every platform and trains on
+  CPU, where its SIMD extensions set the speed (the same "2 vCPUs" machine
+  ran the carried run at 0.15 or 0.7 steps/s). `cpu_model` is /proc/cpuinfo's
+  first "model name" and `cpu_simd` the CPU_SIMD_FLAGS it lists (None and []
+  where that file cannot be read, as outside Linux); `cpu_count` counts the
+  cores this process may run on.
+  """
+  model, flags = None, set()
+  try:
+    with open(cpuinfo) as f:
+      for line in f:
+        key, _, value = line.partition(':')
+        if key.strip() == 'model name' and model is None:
+          model = value.strip()
+        elif key.strip() == 'flags' and not flags:
+          flags = set(value.split())
+  except OSError:
+    pass
+  try:
+    count = len(os.sched_getaffinity(0))
+  except AttributeError:  # not on every platform
+    count = os.cpu_count()
+  return {'cpu_model': model,
+          'cpu_simd': [f for f in CPU_SIMD_FLAGS if f in flags],
+          'cpu_count': count}
 
 
 def git_state(path=None) -> Dict[str, Any]:

@@ -500,6 +500,7 @@ class _Run:
         'input_workers': workers,
         'devices': int(mesh.devices.size),
         'processes': jax.process_count(),
+        **reporting.cpu_info(),
         **({'changed_flags': changed_flags} if changed_flags else {})})
     self.bar = tqdm.tqdm(total=config.total_steps, initial=start, unit='step',
                          dynamic_ncols=True,
