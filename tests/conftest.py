@@ -46,3 +46,19 @@ def run_script():
         cwd=REPO_ROOT, env=full_env, capture_output=True, text=True,
         timeout=timeout, check=False)
   return run
+
+
+@pytest.fixture
+def tiny_params():
+  """Makes small random VDSR parameters, as numpy: tiny_params(seed, depth,
+  features). For tests of code that handles weights (saving, loading,
+  averaging, statistics), where a 20 x 64 model would only cost time."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vdsr_jax import models  # pylint: disable=g-import-not-at-top
+
+  def make(seed=0, depth=3, features=4):
+    return jax.tree.map(np.asarray, models.init_params(
+        jax.random.PRNGKey(seed), models.VDSR(depth=depth, features=features),
+        9))
+  return make

@@ -1,22 +1,18 @@
 """Tests of experiments/average_weights.py, run as a user would."""
 
-import jax
 import numpy as np
 
-from vdsr_jax import models
 from vdsr_jax import weights
 
 
-def _save(path, seed, features=4):
-  params = jax.tree.map(np.asarray, models.init_params(
-      jax.random.PRNGKey(seed), models.VDSR(depth=3, features=features), 9))
+def _save(path, params):
   weights.save_npz(params, path)
   return params
 
 
-def test_writes_the_mean_of_its_inputs(tmp_path, run_script):
-  a = _save(tmp_path / 'a.npz', 0)
-  b = _save(tmp_path / 'b.npz', 1)
+def test_writes_the_mean_of_its_inputs(tmp_path, run_script, tiny_params):
+  a = _save(tmp_path / 'a.npz', tiny_params(0))
+  b = _save(tmp_path / 'b.npz', tiny_params(1))
   out = tmp_path / 'avg.npz'
   result = run_script('average_weights.py', [
       f'--weights={tmp_path / "a.npz"},{tmp_path / "b.npz"}',
@@ -30,9 +26,10 @@ def test_writes_the_mean_of_its_inputs(tmp_path, run_script):
         rtol=1e-6, atol=1e-7)
 
 
-def test_bad_input_is_one_error_and_writes_nothing(tmp_path, run_script):
-  _save(tmp_path / 'a.npz', 0)
-  _save(tmp_path / 'wide.npz', 1, features=8)
+def test_bad_input_is_one_error_and_writes_nothing(tmp_path, run_script,
+                                                  tiny_params):
+  _save(tmp_path / 'a.npz', tiny_params(0))
+  _save(tmp_path / 'wide.npz', tiny_params(1, features=8))
   out = tmp_path / 'avg.npz'
   cases = [
       ([f'--weights={tmp_path / "a.npz"},{tmp_path / "wide.npz"}'],

@@ -2,17 +2,13 @@
 
 import json
 
-import jax
 import numpy as np
 
-from vdsr_jax import models
 from vdsr_jax import weights
 
 
-def test_statistics_of_known_weights(tmp_path, run_script):
-  model = models.VDSR(depth=3, features=8)
-  init = jax.tree.map(np.asarray,
-                      models.init_params(jax.random.PRNGKey(0), model, 41))
+def test_statistics_of_known_weights(tmp_path, run_script, tiny_params):
+  init = tiny_params(0, features=8)
   # Every 3x3 kernel constant (its mean): neighbours perfectly correlated.
   smooth = {name: {'kernel': np.broadcast_to(
                        layer['kernel'].mean(axis=(0, 1), keepdims=True),
@@ -49,11 +45,10 @@ def test_statistics_of_known_weights(tmp_path, run_script):
     assert stats['b'][layer]['bias_mean_abs'] == 0.5
 
 
-def test_bad_arguments_give_one_clear_error(tmp_path, run_script):
-  model = models.VDSR(depth=3, features=8)
-  shallow = models.init_params(jax.random.PRNGKey(0), model, 41)
-  deep = models.init_params(jax.random.PRNGKey(0),
-                            models.VDSR(depth=4, features=8), 41)
+def test_bad_arguments_give_one_clear_error(tmp_path, run_script,
+                                            tiny_params):
+  shallow = tiny_params(0, features=8)
+  deep = tiny_params(0, depth=4, features=8)
   weights.save_npz(shallow, tmp_path / 'd3.npz')
   weights.save_npz(deep, tmp_path / 'd4.npz')
   d3, d4 = tmp_path / 'd3.npz', tmp_path / 'd4.npz'

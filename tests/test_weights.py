@@ -1,6 +1,5 @@
 """Tests of loading and saving weights, including the authors' .mat."""
 
-import jax
 import numpy as np
 import pytest
 from scipy import io as sio
@@ -44,9 +43,8 @@ def test_wrong_mat_files_give_clear_errors(tmp_path):
     weights.load_params(unknown)
 
 
-def test_npz_round_trip_and_checksum(tmp_path):
-  params = models.init_params(jax.random.PRNGKey(0),
-                              models.VDSR(depth=3, features=4), 9)
+def test_npz_round_trip_and_checksum(tmp_path, tiny_params):
+  params = tiny_params()
   path = tmp_path / 'w.npz'
   weights.save_npz(params, path)
   loaded = weights.load_params(path)
@@ -63,20 +61,19 @@ def test_npz_round_trip_and_checksum(tmp_path):
   assert not list(tmp_path.glob('*.tmp'))
 
 
-def test_check_params_rejects_wrong_structure():
+def test_check_params_rejects_wrong_structure(tiny_params):
   with pytest.raises(weights.WeightsError):
     weights.check_params({'dense': {}})
   with pytest.raises(weights.WeightsError):
     weights.check_params([1, 2])
-  params = models.init_params(jax.random.PRNGKey(0),
-                              models.VDSR(depth=3, features=4), 9)
+  params = tiny_params()
   assert weights.check_params({'params': params}) is params
 
 
-def test_orbax_checkpoint_by_relative_path(tmp_path, monkeypatch):
+def test_orbax_checkpoint_by_relative_path(tmp_path, monkeypatch,
+                                           tiny_params):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  params = models.init_params(jax.random.PRNGKey(0),
-                              models.VDSR(depth=3, features=4), 9)
+  params = tiny_params()
   ocp.PyTreeCheckpointer().save(tmp_path / 'run' / 'checkpoints' / '7' /
                                 'state', {'params': params})
   monkeypatch.chdir(tmp_path)
@@ -108,14 +105,8 @@ def test_missing_shipped_weights_is_one_clear_error(tmp_path, monkeypatch):
     weights.load_pretrained()
 
 
-def _tiny_params(seed, depth=3, features=4):
-  return jax.tree.map(np.asarray, models.init_params(
-      jax.random.PRNGKey(seed), models.VDSR(depth=depth, features=features),
-      9))
-
-
-def test_average_params_is_the_weighted_mean():
-  a, b, c = _tiny_params(0), _tiny_params(1), _tiny_params(2)
+def test_average_params_is_the_weighted_mean(tiny_params):
+  a, b, c = tiny_params(0), tiny_params(1), tiny_params(2)
   mean = weights.average_params([a, b, c])
   weighted = weights.average_params([a, b], coefficients=[3, 1])
   for layer in a:
@@ -133,12 +124,12 @@ def test_average_params_is_the_weighted_mean():
                                 b['conv1']['kernel'])
 
 
-def test_average_params_rejects_mismatches():
-  a = _tiny_params(0)
+def test_average_params_rejects_mismatches(tiny_params):
+  a = tiny_params(0)
   with pytest.raises(weights.WeightsError, match='3 layers, params 1 has 4'):
-    weights.average_params([a, _tiny_params(1, depth=4)])
+    weights.average_params([a, tiny_params(1, depth=4)])
   with pytest.raises(weights.WeightsError, match=r'conv0/kernel, \(3, 3, 1, 4'):
-    weights.average_params([a, _tiny_params(1, features=8)])
+    weights.average_params([a, tiny_params(1, features=8)])
   with pytest.raises(weights.WeightsError, match='2 params but 3 coefficients'):
     weights.average_params([a, a], coefficients=[1, 1, 1])
   with pytest.raises(weights.WeightsError, match='non-negative'):
