@@ -826,8 +826,8 @@ def test_port_forks_repeat_the_full_runs_updates(flagfile, shared_until):
 
 
 @pytest.mark.parametrize('flagfile,run', [
-    ('vdsr_pytorch_port_aug_100k.flags', 'vdsr_port_aug_100k'),  # shipped
-    ('vdsr_pytorch_port_aug_105k.flags', 'vdsr_port_aug_105k'),
+    ('vdsr_pytorch_port_aug_105k.flags', 'vdsr_port_aug_105k'),  # shipped
+    ('vdsr_pytorch_port_aug_100k.flags', 'vdsr_port_aug_100k'),
     ('vdsr_pytorch_port_aug_48k.flags', 'vdsr_port_aug_48k'),
     ('vdsr_paper_54k.flags', 'vdsr_291'),
     ('vdsr_paper_36k.flags', 'vdsr_291_36k'),
