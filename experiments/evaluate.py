@@ -5,7 +5,9 @@ r"""Scores bicubic or VDSR on the SR benchmarks with the paper's protocol.
       --weights=../shared/reference/VDSR_Official.mat --json_out=results.json
 
 Prints one table (dataset x scale: PSNR, SSIM, the paper's value and the
-difference) and optionally writes {"set5": {"2": {"psnr": .., "ssim": ..}}}.
+difference) and optionally writes {"set5": {"2": {"psnr": .., "ssim": ..}}}
+(--json_out) and every image's scores, {"set5": {"2": {"baby": {"psnr": ..,
+"ssim": ..}, ..}}} (--per_image_json).
 """
 
 import json
@@ -40,6 +42,8 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None,
 _TFDS_DIR = flags.DEFINE_string('tfds_dir', None,
                                 train_config.TFDS_DIR_HELP)
 _JSON_OUT = flags.DEFINE_string('json_out', None, 'Write the results here.')
+_PER_IMAGE_JSON = flags.DEFINE_string(
+    'per_image_json', None, "Also write every image's PSNR and SSIM here.")
 _PAPER_TABLE = flags.DEFINE_string(
     'paper_table', None, "CSV of the paper's Table 3 to compare against "
     '(default: reference/paper_table3.csv beside the data folder, if any).')
@@ -88,16 +92,19 @@ def main(argv):
     if _METHOD.value == 'vdsr':
       params = (weights_lib.load_params(_WEIGHTS.value) if _WEIGHTS.value
                 else weights_lib.load_pretrained())
-    results = evaluation.evaluate(
+    per_image = evaluation.evaluate_per_image(
         _METHOD.value, params, datasets=_DATASETS.value, scales=scales,
         data_dir=_DATA_DIR.value, tfds_dir=_TFDS_DIR.value,
         bucket=_BUCKET.value or None)
   except ValueError as e:  # WeightsError, DatasetError, bad scales.
     _fail(str(e))
+  results = evaluation.mean_scores(per_image)
   print(evaluation.format_table(results, _METHOD.value, _paper_table()))
-  if _JSON_OUT.value:
-    _write_json_atomically(results, _JSON_OUT.value)
-    print(f'Wrote {_JSON_OUT.value}')
+  for path, obj in ((_JSON_OUT.value, results),
+                    (_PER_IMAGE_JSON.value, per_image)):
+    if path:
+      _write_json_atomically(obj, path)
+      print(f'Wrote {path}')
 
 
 if __name__ == '__main__':

@@ -1,5 +1,6 @@
 """The paper's evaluation protocol reproduces Table 3 (bicubic and authors')."""
 
+import csv
 import json
 import pathlib
 
@@ -30,11 +31,40 @@ def official(reference_dir):
   return weights.load_params(reference_dir / 'VDSR_Official.mat')
 
 
+@pytest.fixture(scope='module')
+def golden(reference_dir):
+  """golden_per_image.csv: {(dataset, image, scale): row}, an independent
+  implementation's per-image scores (bicubic and the authors' weights)."""
+  path = reference_dir / 'golden_per_image.csv'
+  with open(path) as f:
+    rows = csv.DictReader(line for line in f if not line.startswith('#'))
+    return {(r['dataset'], r['image'], int(r['scale'])): r for r in rows}
+
+
+def assert_images_match_golden(per_image, name, golden, method):
+  """Every image of `name` that the reference lists agrees with it."""
+  checked = 0
+  for scale, cell in per_image[name].items():
+    for image, got in cell.items():
+      ref = golden.get((name, image, int(scale)))
+      if ref is None:
+        continue
+      checked += 1
+      # The reference is rounded to 4 decimals (PSNR) and 5 (SSIM).
+      assert abs(got['psnr'] - float(ref[f'{method}_psnr'])) <= 2e-3, (
+          image, scale, got)
+      assert abs(got['ssim'] - float(ref[f'{method}_ssim'])) <= 2e-5, (
+          image, scale, got)
+  assert checked >= 3 * 5, f'only {checked} images of {name} in the reference'
+
+
 @pytest.mark.parametrize('name', ['set5', 'set14'])
-def test_bicubic_rows_match_paper(name, datasets_dir, tfds_dir, paper):
-  results = evaluation.evaluate('bicubic', datasets=[name],
-                                data_dir=str(datasets_dir), tfds_dir=tfds_dir,
-                                progress=False)
+def test_bicubic_rows_match_paper(name, datasets_dir, tfds_dir, paper, golden):
+  per_image = evaluation.evaluate_per_image(
+      'bicubic', datasets=[name], data_dir=str(datasets_dir),
+      tfds_dir=tfds_dir, progress=False)
+  assert_images_match_golden(per_image, name, golden, 'bicubic')
+  results = evaluation.mean_scores(per_image)
   for scale in (2, 3, 4):
     got = results[name][str(scale)]
     ref = paper[(name, scale)]
@@ -43,10 +73,12 @@ def test_bicubic_rows_match_paper(name, datasets_dir, tfds_dir, paper):
 
 
 def test_authors_weights_match_paper_on_set5(datasets_dir, tfds_dir, paper,
-                                             official):
-  results = evaluation.evaluate('vdsr', official, datasets=['set5'],
-                                data_dir=str(datasets_dir), tfds_dir=tfds_dir,
-                                progress=False)
+                                             official, golden):
+  per_image = evaluation.evaluate_per_image(
+      'vdsr', official, datasets=['set5'], data_dir=str(datasets_dir),
+      tfds_dir=tfds_dir, progress=False)
+  assert_images_match_golden(per_image, 'set5', golden, 'official_vdsr')
+  results = evaluation.mean_scores(per_image)
   for scale in (2, 3, 4):
     got = results['set5'][str(scale)]
     ref = paper[('set5', scale)]
@@ -97,6 +129,32 @@ def test_one_compilation_per_bucket():
   assert forward._cache_size() - before == 2
 
 
+def test_per_image_scores_average_to_the_cells(tiny_params):
+  params = tiny_params()
+  rng = np.random.default_rng(1)
+  images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            for h, w in [(24, 30), (33, 28), (30, 30)]]
+  kwargs = dict(datasets=['custom'], scales=(2, 3),
+                images={'custom': images}, progress=False)
+  per_image = evaluation.evaluate_per_image('vdsr', params, **kwargs)
+  cells = evaluation.evaluate('vdsr', params, **kwargs)
+  assert list(per_image['custom']) == ['2', '3']
+  for s in ('2', '3'):
+    scores = per_image['custom'][s]
+    assert list(scores) == ['0', '1', '2']
+    # Each image's score is that image scored alone.
+    p, q = evaluation.score_image(images[1], int(s), 'vdsr', params)
+    assert scores['1'] == {'psnr': p, 'ssim': q}
+    assert len({r['psnr'] for r in scores.values()}) == 3
+    assert cells['custom'][s]['psnr'] == pytest.approx(
+        np.mean([r['psnr'] for r in scores.values()]), abs=1e-12)
+    assert cells['custom'][s]['ssim'] == pytest.approx(
+        np.mean([r['ssim'] for r in scores.values()]), abs=1e-12)
+  assert evaluation.mean_scores(per_image) == cells
+  with pytest.raises(ValueError, match='no images'):
+    evaluation.evaluate('bicubic', datasets=['empty'], images={'empty': []})
+
+
 def test_gray_image_is_its_own_luminance():
   img = np.arange(36, dtype=np.uint8).reshape(6, 6)
   np.testing.assert_array_equal(evaluation.luminance_uint8(img), img)
@@ -126,11 +184,17 @@ def test_cli_writes_table_and_json(datasets_dir, tfds_dir, tmp_path, paper,
   proc = run_script('evaluate.py', [
       '--method=bicubic', '--datasets=set5', '--scales=2,4',
       f'--data_dir={datasets_dir}', f'--tfds_dir={tfds_dir}',
-      f'--json_out={out}'], timeout=600)
+      f'--json_out={out}', f'--per_image_json={tmp_path / "images.json"}'],
+      timeout=600)
   assert proc.returncode == 0, proc.stderr
   results = json.loads(out.read_text())
   assert set(results) == {'set5'} and set(results['set5']) == {'2', '4'}
   assert set(results['set5']['2']) == {'psnr', 'ssim'}
+  per_image = json.loads((tmp_path / 'images.json').read_text())
+  assert list(per_image['set5']['4']) == ['baby', 'bird', 'butterfly', 'head',
+                                          'woman']
+  assert np.mean([r['psnr'] for r in per_image['set5']['4'].values()]
+                 ) == pytest.approx(results['set5']['4']['psnr'], abs=1e-12)
   assert abs(results['set5']['4']['psnr'] - paper[('set5', 4)]['bicubic_psnr']
              ) <= 0.015
   assert 'set5' in proc.stdout and 'x4' in proc.stdout and 'dPSNR' in proc.stdout

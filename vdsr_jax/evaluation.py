@@ -26,6 +26,8 @@ BENCHMARKS = ('set5', 'set14', 'b100', 'urban100')
 SCALES = (2, 3, 4)
 
 Results = Dict[str, Dict[str, Dict[str, float]]]
+# {dataset: {scale: {image name: {'psnr': .., 'ssim': ..}}}}
+PerImage = Dict[str, Dict[str, Dict[str, Dict[str, float]]]]
 # (params, x) -> network output, for (N, H, W, 1) float32 inputs in [0, 1].
 Forward = Callable[[Any, np.ndarray], Any]
 
@@ -92,6 +94,72 @@ def score_image(hr: np.ndarray, scale: int, method: str, params: Any = None,
           metrics.ssim(pred, hr_y, border=scale))
 
 
+def evaluate_per_image(method: str = 'vdsr',
+                       params: Any = None,
+                       datasets: Sequence[str] = BENCHMARKS,
+                       scales: Sequence[int] = SCALES,
+                       data_dir: Optional[str] = None,
+                       tfds_dir: Optional[str] = None,
+                       bucket: Optional[int] = inference.DEFAULT_BUCKET,
+                       progress: bool = True,
+                       images: Optional[Dict[str, Iterable[Any]]] = None,
+                       forward: Optional[Forward] = None) -> PerImage:
+  """Scores every image of the benchmarks; `evaluate` averages these.
+
+  Same arguments as `evaluate`. Images passed in `images` are named by their
+  position ('0', '1', ...), loaded ones by their file name.
+
+  Returns:
+    {dataset: {str(scale): {image name: {'psnr': dB, 'ssim': ..}}}}, the
+    images in dataset order.
+  """
+  if method not in METHODS:
+    raise ValueError(f'Unknown method {method!r}; expected one of {METHODS}.')
+  if method == 'vdsr' and params is None:
+    raise ValueError("method='vdsr' needs params.")
+  for s in scales:
+    if int(s) != s or s < 2:
+      raise ValueError(f'Scales must be integers >= 2, got {s!r}.')
+  per_image: PerImage = {}
+  for name in datasets:
+    if images is not None and name in images:
+      hrs = list(images[name])
+      names = [str(i) for i in range(len(hrs))]
+    else:
+      from vdsr_jax import datasets as datasets_lib  # pylint: disable=g-import-not-at-top
+      source = datasets_lib.load(name, data_dir=data_dir, tfds_dir=tfds_dir)
+      examples = [source[i] for i in range(len(source))]
+      hrs = [e['image'] for e in examples]
+      names = [e['name'] for e in examples]
+    if not hrs:
+      raise ValueError(f'Dataset {name!r} has no images to score.')
+    per_image[name] = {}
+    for s in scales:
+      cell = {}
+      bar = tqdm.tqdm(list(zip(names, hrs)), desc=f'{method} {name} x{s}',
+                      disable=not progress, leave=False)
+      for image_name, hr in bar:
+        p, q = score_image(hr, int(s), method, params, bucket, forward)
+        cell[image_name] = {'psnr': float(p), 'ssim': float(q)}
+      per_image[name][str(int(s))] = cell
+      if progress:  # Long runs: each cell as soon as it is known.
+        r = _mean_cell(cell)
+        tqdm.tqdm.write(f'{method} {name} x{s}: PSNR {r["psnr"]:.3f} '
+                        f'SSIM {r["ssim"]:.4f}')
+  return per_image
+
+
+def _mean_cell(cell: Dict[str, Dict[str, float]]) -> Dict[str, float]:
+  p, q = np.mean([[r['psnr'], r['ssim']] for r in cell.values()], axis=0)
+  return {'psnr': float(p), 'ssim': float(q)}
+
+
+def mean_scores(per_image: PerImage) -> Results:
+  """Per-image scores -> the benchmark cells: means over each cell's images."""
+  return {name: {s: _mean_cell(cell) for s, cell in by_scale.items()}
+          for name, by_scale in per_image.items()}
+
+
 def evaluate(method: str = 'vdsr',
              params: Any = None,
              datasets: Sequence[str] = BENCHMARKS,
@@ -121,34 +189,9 @@ def evaluate(method: str = 'vdsr',
   Returns:
     {dataset: {str(scale): {'psnr': mean dB, 'ssim': mean}}}.
   """
-  if method not in METHODS:
-    raise ValueError(f'Unknown method {method!r}; expected one of {METHODS}.')
-  if method == 'vdsr' and params is None:
-    raise ValueError("method='vdsr' needs params.")
-  for s in scales:
-    if int(s) != s or s < 2:
-      raise ValueError(f'Scales must be integers >= 2, got {s!r}.')
-  results: Results = {}
-  for name in datasets:
-    if images is not None and name in images:
-      hrs = list(images[name])
-    else:
-      from vdsr_jax import datasets as datasets_lib  # pylint: disable=g-import-not-at-top
-      source = datasets_lib.load(name, data_dir=data_dir, tfds_dir=tfds_dir)
-      hrs = [source[i]['image'] for i in range(len(source))]
-    results[name] = {}
-    for s in scales:
-      scores = []
-      bar = tqdm.tqdm(hrs, desc=f'{method} {name} x{s}', disable=not progress,
-                      leave=False)
-      for hr in bar:
-        scores.append(score_image(hr, int(s), method, params, bucket,
-                                  forward))
-      p, q = np.mean(scores, axis=0)
-      results[name][str(int(s))] = {'psnr': float(p), 'ssim': float(q)}
-      if progress:  # Long runs: each cell as soon as it is known.
-        tqdm.tqdm.write(f'{method} {name} x{s}: PSNR {p:.3f} SSIM {q:.4f}')
-  return results
+  return mean_scores(evaluate_per_image(
+      method, params, datasets, scales, data_dir, tfds_dir, bucket, progress,
+      images, forward))
 
 
 def load_paper_table(path=None) -> Dict[Tuple[str, int], Dict[str, float]]:
