@@ -7,11 +7,13 @@ Public API:
                             read without unpickling) or orbax checkpoint.
   load_pretrained()         the weights shipped with the package.
   evaluate(...)             the paper's benchmark protocol.
+  evaluate_per_image(...)   the same, every image's scores.
   imresize, rgb2ycbcr, ycbcr2rgb, modcrop, shave   MATLAB-exact image ops.
   psnr, ssim                the literature's metrics.
 """
 
 from vdsr_jax.evaluation import evaluate
+from vdsr_jax.evaluation import evaluate_per_image
 from vdsr_jax.image_ops import imresize
 from vdsr_jax.image_ops import modcrop
 from vdsr_jax.image_ops import rgb2ycbcr
