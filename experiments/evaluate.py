@@ -87,6 +87,12 @@ def main(argv):
   unknown = sorted(set(_DATASETS.value) - set(evaluation.BENCHMARKS))
   if unknown:
     _fail(f'unknown datasets {unknown}; choose from {evaluation.BENCHMARKS}')
+  for flag, path in (('json_out', _JSON_OUT.value),
+                     ('per_image_json', _PER_IMAGE_JSON.value)):
+    # Checked before scoring, which can take many minutes.
+    if path and not pathlib.Path(path).resolve().parent.is_dir():
+      _fail(f'--{flag}={path}: the folder {pathlib.Path(path).parent} does '
+            'not exist; create it or write elsewhere.')
   params = None
   try:
     if _METHOD.value == 'vdsr':

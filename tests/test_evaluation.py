@@ -209,6 +209,16 @@ def test_cli_bad_weights_one_line_error(tmp_path, run_script):
   assert 'Traceback' not in proc.stderr
 
 
+def test_cli_missing_output_folder_fails_before_scoring(tmp_path, run_script):
+  proc = run_script('evaluate.py', [
+      '--method=bicubic', '--datasets=set5', '--scales=2',
+      f'--per_image_json={tmp_path}/no_such_dir/images.json'])
+  assert proc.returncode == 2
+  assert 'no_such_dir does not exist' in proc.stderr
+  assert 'Traceback' not in proc.stderr and 'bicubic set5' not in proc.stderr
+  assert not (tmp_path / 'no_such_dir').exists()
+
+
 def test_compare_eval_flags_a_moved_cell(tmp_path, capsys):
   import importlib.util  # pylint: disable=g-import-not-at-top
   path = REPO_ROOT / 'benchmarks' / 'compare_eval.py'
