@@ -800,6 +800,7 @@ def test_port_flagfiles_count_the_ports_epochs(datasets_dir, flagfile,
     ('vdsr_pytorch_port_aug_48k.flags', 45_100),
     ('vdsr_pytorch_port_aug_100k.flags', 97_000),
     ('vdsr_pytorch_port_aug_105k.flags', 102_030),
+    ('vdsr_pytorch_port_aug_108k.flags', 105_968),
     ('vdsr_pytorch_port_aug_130k.flags', 127_000),
 ])
 def test_port_forks_repeat_the_full_runs_updates(flagfile, shared_until):
