@@ -827,6 +827,7 @@ def test_port_forks_repeat_the_full_runs_updates(flagfile, shared_until):
 
 
 @pytest.mark.parametrize('flagfile,run', [
+    ('vdsr_pytorch_port_aug_108k.flags', 'vdsr_port_aug_108k'),
     ('vdsr_pytorch_port_aug_105k.flags', 'vdsr_port_aug_105k'),  # shipped
     ('vdsr_pytorch_port_aug_100k.flags', 'vdsr_port_aug_100k'),
     ('vdsr_pytorch_port_aug_48k.flags', 'vdsr_port_aug_48k'),
